@@ -1,1 +1,13 @@
-//! placeholder
+//! dfleet's coordinator: the daemon that owns the fleet's state (enrollment
+//! CA, agent streams, event log, metrics) and the admin CLI that talks to it.
+
+pub mod cli;
+pub mod client;
+pub mod daemon;
+pub mod demo;
+pub mod fleet;
+pub mod metrics;
+pub mod neighbour;
+pub mod pki;
+pub mod server;
+pub mod store;

@@ -1,1 +1,38 @@
-fn main() {}
+//! The `dfleet` binary: parses the command line, sets up logging, runs it.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = dfleet_coordinator::cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DFLEET_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("warn,dfleet_coordinator=info")
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if rustls::crypto::ring::default_provider()
+        .install_default()
+        .is_err()
+    {
+        eprintln!("dfleet: a TLS crypto provider was already installed");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dfleet: starting the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dfleet_coordinator::cli::run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dfleet: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -424,7 +424,10 @@ mod tests {
                 origin: KeyOrigin::Boot,
                 comment: "root@cn01".into(),
             }],
-            checks: vec![Check::fail("generation", "booted compute:1, assigned compute:2")],
+            checks: vec![Check::fail(
+                "generation",
+                "booted compute:1, assigned compute:2",
+            )],
             booted: BootedGeneration {
                 stamp: Some("compute:1".parse().unwrap()),
                 lower_source: "10.0.0.254:/srv/dfleet/images/compute/1".into(),

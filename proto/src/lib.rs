@@ -16,7 +16,8 @@ pub mod pb {
 
 /// The encoded `FileDescriptorSet` of every `.proto` file, for the wire
 /// compatibility test and for reflection.
-pub const DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/dfleet_descriptor.bin"));
+pub const DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/dfleet_descriptor.bin"));
 
 /// The revision of the agent stream protocol this build speaks.
 pub const PROTOCOL_REVISION: u32 = 1;

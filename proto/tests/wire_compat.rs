@@ -15,11 +15,14 @@ use prost::Message;
 use prost_types::field_descriptor_proto::{Label, Type};
 use prost_types::{DescriptorProto, FileDescriptorSet};
 
+/// A field as the wire sees it: (name, type, label, message or enum type name).
+type FieldShape = (String, String, String, String);
+
 /// The parts of a contract that decide wire compatibility.
 #[derive(Debug, Default, Clone, PartialEq)]
 struct Shape {
     /// message name → field number → (field name, type, label, type name)
-    messages: BTreeMap<String, BTreeMap<i32, (String, String, String, String)>>,
+    messages: BTreeMap<String, BTreeMap<i32, FieldShape>>,
     /// message name → reserved field numbers (ranges, end exclusive)
     reserved: BTreeMap<String, Vec<(i32, i32)>>,
     /// enum name → number → value name
@@ -323,7 +326,12 @@ fn adding_fields_is_compatible() {
     let mut new = old.clone();
     new.messages.get_mut(".dfleet.v1.Hello").unwrap().insert(
         99,
-        ("extra".into(), "String".into(), "singular".into(), String::new()),
+        (
+            "extra".into(),
+            "String".into(),
+            "singular".into(),
+            String::new(),
+        ),
     );
     assert!(incompatibilities(&old, &new).is_empty());
 }

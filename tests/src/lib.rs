@@ -1,1 +1,365 @@
-//! placeholder
+//! Harness for dfleet's cross-process tests: starts a real coordinator
+//! (`dfleet serve`) and real agents (`dfleet-agent`) as processes, each agent
+//! on its own 127.x address with a sandbox root, and watches the event log
+//! through the real CLI. Waiting is always on a signal (a line on a pipe),
+//! bounded by a deadline; nothing sleeps, and every port is chosen by the
+//! kernel.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use dfleet_proto::domain::Event;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+/// How long a test waits for any one expected thing before failing.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// Directory holding the workspace's built binaries (`dfleet`, `dfleet-agent`).
+/// The test command builds them first (`cargo build --workspace --bins`).
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("DFLEET_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    // target/<profile>/deps/<test-exe> → target/<profile>
+    let exe = std::env::current_exe().expect("the test executable's path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("a target directory")
+        .to_path_buf()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first with `cargo build --workspace --bins`",
+        path.display()
+    );
+    path
+}
+
+/// A node in a test inventory.
+#[derive(Debug, Clone)]
+pub struct TestNode {
+    pub name: String,
+    pub mac: String,
+    pub ip: Ipv4Addr,
+}
+
+/// `count` nodes named `cn01`… with MACs 52:54:00:00:<k>:<i> and addresses
+/// 127.<k>.0.<i>, where `k` keeps concurrently running tests apart.
+pub fn nodes(k: u8, count: u8) -> Vec<TestNode> {
+    (1..=count)
+        .map(|i| TestNode {
+            name: format!("cn{i:02}"),
+            mac: format!("52:54:00:00:{k:02x}:{i:02x}"),
+            ip: Ipv4Addr::new(127, k, 0, i),
+        })
+        .collect()
+}
+
+/// Coordinator settings a test may change.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub policy: &'static str,
+    pub cert_lifetime: &'static str,
+    pub stale_after: &'static str,
+    pub lost_after: &'static str,
+    pub report_interval: &'static str,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            policy: "inventory",
+            cert_lifetime: "1h",
+            stale_after: "30s",
+            lost_after: "60s",
+            report_interval: "1s",
+        }
+    }
+}
+
+pub fn cluster_toml(dir: &Path, nodes: &[TestNode], s: &Settings) -> String {
+    let mut t = format!(
+        r#"[cluster]
+name = "test"
+state_dir = "{state}"
+listen = ["127.0.0.1:0"]
+metrics_listen = "127.0.0.1:0"
+admin_socket = "{sock}"
+report_interval = "{ri}"
+
+[enrollment]
+policy = "{policy}"
+cert_lifetime = "{life}"
+rate_per_second = 1000
+burst = 1000
+
+[health]
+stale_after = "{stale}"
+lost_after = "{lost}"
+"#,
+        state = dir.join("state").display(),
+        sock = dir.join("admin.sock").display(),
+        ri = s.report_interval,
+        policy = s.policy,
+        life = s.cert_lifetime,
+        stale = s.stale_after,
+        lost = s.lost_after,
+    );
+    for n in nodes {
+        t.push_str(&format!(
+            "\n[[nodes]]\nname = \"{}\"\nmac = \"{}\"\nip = \"{}\"\nimage = \"compute\"\ngroups = [\"compute\"]\n",
+            n.name, n.mac, n.ip
+        ));
+    }
+    t
+}
+
+/// A running `dfleet serve`.
+pub struct Coordinator {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub grpc: String,
+    pub metrics: String,
+    pub socket: PathBuf,
+    child: Child,
+}
+
+impl Coordinator {
+    /// Starts the coordinator with the given cluster.toml text, waiting for
+    /// its ready line.
+    pub async fn start(dir: &Path, toml: &str) -> Result<Coordinator> {
+        let config = dir.join("cluster.toml");
+        std::fs::write(&config, toml)?;
+        Self::start_with(dir, &config).await
+    }
+
+    pub async fn start_with(dir: &Path, config: &Path) -> Result<Coordinator> {
+        let mut child = Command::new(bin("dfleet"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("DFLEET_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting dfleet serve")?;
+        let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .context("dfleet serve did not become ready")??
+            .context("dfleet serve exited before it was ready")?;
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .map(str::to_string)
+                .with_context(|| format!("no {k} in {line:?}"))
+        };
+        let grpc = field("grpc=")?;
+        let metrics = field("metrics=")?;
+        let socket = PathBuf::from(field("admin=")?);
+        // Keep draining stdout so the daemon never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Coordinator {
+            dir: dir.to_path_buf(),
+            config: config.to_path_buf(),
+            grpc,
+            metrics,
+            socket,
+            child,
+        })
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("state").join("ca.pem")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    /// Stops the daemon with SIGKILL (a crash) and waits for it.
+    pub async fn kill(mut self) -> Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+
+    /// Runs the CLI against this coordinator; returns stdout, failing on a
+    /// non-zero exit.
+    pub async fn cli(&self, args: &[&str]) -> Result<String> {
+        let out = self.cli_raw(args).await?;
+        if !out.status.success() {
+            bail!(
+                "dfleet {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    pub async fn cli_raw(&self, args: &[&str]) -> Result<std::process::Output> {
+        Ok(Command::new(bin("dfleet"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .await?)
+    }
+
+    pub async fn status_json(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::from_str(
+            &self.cli(&["status", "--json"]).await?,
+        )?)
+    }
+
+    /// Follows the event log from its start.
+    pub async fn watch(&self) -> Result<EventWatch> {
+        EventWatch::start(&self.socket).await
+    }
+}
+
+/// A running `dfleet-agent`.
+pub struct Agent {
+    pub name: String,
+    pub root: PathBuf,
+    child: Child,
+}
+
+impl Agent {
+    /// Starts an agent for `node`, reading the sandbox at `root`.
+    pub async fn start(c: &Coordinator, node: &TestNode, root: &Path) -> Result<Agent> {
+        Self::start_as(c, node, root, None).await
+    }
+
+    /// Like `start`, running as `uid` (to test what a non-root user can do).
+    pub async fn start_as(
+        c: &Coordinator,
+        node: &TestNode,
+        root: &Path,
+        uid: Option<u32>,
+    ) -> Result<Agent> {
+        let state = root.join("run/dfleet-agent");
+        let config = root.join("etc/dfleet/agent.toml");
+        std::fs::create_dir_all(config.parent().context("a parent")?)?;
+        std::fs::write(
+            &config,
+            "# A sandboxed node: the agent's settings come from its command line.\n",
+        )?;
+        let mut cmd = Command::new(bin("dfleet-agent"));
+        cmd.arg("--config")
+            .arg(&config)
+            .arg("--root")
+            .arg(root)
+            .arg("--coordinator")
+            .arg(&c.grpc)
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--bind")
+            .arg(node.ip.to_string())
+            .env("DFLEET_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        if uid.is_none() {
+            cmd.arg("--ca").arg(c.ca());
+        }
+        if let Some(uid) = uid {
+            // The coordinator's state directory is private: give the user a
+            // copy of the (public) CA certificate, as the image would.
+            let ca = root.join("etc/dfleet/ca.pem");
+            std::fs::copy(c.ca(), &ca)?;
+            cmd.arg("--ca").arg(&ca).uid(uid).gid(uid);
+        }
+        let child = cmd.spawn().context("starting dfleet-agent")?;
+        Ok(Agent {
+            name: node.name.clone(),
+            root: root.to_path_buf(),
+            child,
+        })
+    }
+
+    /// SIGKILL: the node vanished.
+    pub async fn kill(mut self) -> Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+}
+
+/// The event log, followed through `dfleet events --follow --json`.
+pub struct EventWatch {
+    lines: Lines<BufReader<ChildStdout>>,
+    _child: Child,
+    pub seen: Vec<Event>,
+}
+
+impl EventWatch {
+    pub async fn start(socket: &Path) -> Result<EventWatch> {
+        let mut child = Command::new(bin("dfleet"))
+            .arg("--socket")
+            .arg(socket)
+            .args(["events", "--follow", "--json", "--last", "100000"])
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+        Ok(EventWatch {
+            lines,
+            _child: child,
+            seen: Vec::new(),
+        })
+    }
+
+    /// Waits for an event matching `pred` and consumes it: events are taken
+    /// in any order, but each one satisfies one wait only.
+    pub async fn wait_for(&mut self, what: &str, pred: impl Fn(&Event) -> bool) -> Result<Event> {
+        if let Some(pos) = self.seen.iter().position(&pred) {
+            return Ok(self.seen.remove(pos));
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.next_line())
+                .await
+                .with_context(|| format!("waiting for {what}; events so far:\n{}", self.dump()))??
+                .with_context(|| format!("the event stream ended while waiting for {what}"))?;
+            let e: Event =
+                serde_json::from_str(&line).with_context(|| format!("parsing event {line:?}"))?;
+            if pred(&e) {
+                return Ok(e);
+            }
+            self.seen.push(e);
+        }
+    }
+
+    /// Waits for an event of `kind` about `node`.
+    pub async fn wait(
+        &mut self,
+        kind: dfleet_proto::domain::EventKind,
+        node: &str,
+    ) -> Result<Event> {
+        self.wait_for(&format!("{kind} of {node}"), |e| {
+            e.kind == kind && e.node == node
+        })
+        .await
+    }
+
+    /// Forgets the events not consumed yet, so later waits need new ones.
+    pub fn clear(&mut self) {
+        self.seen.clear();
+    }
+
+    pub fn dump(&self) -> String {
+        self.seen
+            .iter()
+            .map(|e| format!("  {} {} {}: {}", e.id, e.kind, e.node, e.detail))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}

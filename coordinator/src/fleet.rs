@@ -1,0 +1,1355 @@
+//! The fleet's state and its one owner.
+//!
+//! One task owns every node's record, the live agent streams, the pending
+//! enrollments and the event log's head. Everything else talks to it through
+//! [`Command`]s, so no lock is ever held across an await on one node's stream.
+//! The decisions it makes (which state a node is in, whether an enrollment is
+//! allowed) are pure functions below, tested with plain values.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use dfleet_proto::domain::{Event, EventKind, MacAddr, NodeState, Report};
+use dfleet_proto::pb;
+use dfleet_provisioner::inventory::{EnrollmentPolicy, Inventory, NodeEntry};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tonic::Status;
+
+use crate::neighbour;
+use crate::pki::{self, Ca, PeerIdentity};
+use crate::store::{NodeRow, PendingRow, Store, Write};
+
+/// Milliseconds since the Unix epoch, the timestamp of records and events.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Report at once when overlay usage moves by more than this.
+pub const REPORT_CHANGE_BYTES: u64 = 16 << 20;
+
+/// Lifetime of certificates issued to administrators.
+pub const ADMIN_CERT_LIFETIME: Duration = Duration::from_secs(7 * 86400);
+
+pub type Outbound = mpsc::Sender<Result<pb::CoordinatorMessage, Status>>;
+
+/// An enrollment request as the RPC edge saw it.
+#[derive(Debug, Clone)]
+pub struct EnrollInput {
+    pub mac: String,
+    pub addr: SocketAddr,
+    pub csr_der: Vec<u8>,
+    pub boot_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnrollOutcome {
+    Issued {
+        node: String,
+        cert_der: Vec<u8>,
+        not_after_unix: i64,
+    },
+    Pending {
+        reason: String,
+        retry_after_seconds: u32,
+    },
+}
+
+/// Why an enrollment was refused; the label of the refusal counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RefusalReason {
+    RateLimited,
+    UnprivilegedPort,
+    UnknownMac,
+    WrongAddress,
+    NeighbourMismatch,
+    AlreadyEnrolled,
+    BadRequest,
+    PendingFull,
+}
+
+impl RefusalReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::RateLimited => "rate_limited",
+            RefusalReason::UnprivilegedPort => "unprivileged_port",
+            RefusalReason::UnknownMac => "unknown_mac",
+            RefusalReason::WrongAddress => "wrong_address",
+            RefusalReason::NeighbourMismatch => "neighbour_mismatch",
+            RefusalReason::AlreadyEnrolled => "already_enrolled",
+            RefusalReason::BadRequest => "bad_request",
+            RefusalReason::PendingFull => "pending_full",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: RefusalReason,
+    pub message: String,
+}
+
+impl From<Refusal> for Status {
+    fn from(r: Refusal) -> Status {
+        match r.reason {
+            RefusalReason::RateLimited | RefusalReason::PendingFull => {
+                Status::resource_exhausted(r.message)
+            }
+            RefusalReason::BadRequest => Status::invalid_argument(r.message),
+            _ => Status::permission_denied(r.message),
+        }
+    }
+}
+
+/// What the coordinator shows about one node.
+#[derive(Debug, Clone)]
+pub struct NodeView {
+    pub entry: NodeEntry,
+    pub state: NodeState,
+    pub connected: bool,
+    pub last_seen_ms: i64,
+    pub cert_not_after: i64,
+    pub report: Option<Report>,
+    pub enrollment_refused: String,
+}
+
+/// Counters for the metrics endpoint.
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    pub enroll_accepted: u64,
+    pub enroll_refused: std::collections::BTreeMap<&'static str, u64>,
+    pub stream_errors: u64,
+    pub streams_refused: u64,
+    pub reports: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct MetricsSnapshot {
+    pub nodes: Vec<NodeView>,
+    pub connected: usize,
+    pub counters: Counters,
+    pub now_ms: i64,
+}
+
+/// Everything the fleet task can be asked to do.
+#[derive(Debug)]
+pub enum Command {
+    Enroll {
+        input: EnrollInput,
+        reply: oneshot::Sender<Result<EnrollOutcome, Refusal>>,
+    },
+    Open {
+        node: String,
+        mac: String,
+        boot_id: String,
+        peer: PeerIdentity,
+        addr: Option<SocketAddr>,
+        tx: Outbound,
+        kill: oneshot::Sender<Status>,
+        reply: oneshot::Sender<Result<(u64, pb::Welcome), Status>>,
+    },
+    Report {
+        node: String,
+        conn: u64,
+        report: Box<Report>,
+    },
+    Renew {
+        node: String,
+        conn: u64,
+        csr_der: Vec<u8>,
+    },
+    OrderResult {
+        node: String,
+        conn: u64,
+        result: pb::OrderResult,
+    },
+    Closed {
+        node: String,
+        conn: u64,
+        reason: String,
+    },
+    StreamRefused {
+        node: String,
+        detail: String,
+    },
+    AdminRefused {
+        actor: String,
+        detail: String,
+    },
+    Status {
+        names: Option<Vec<String>>,
+        reply: oneshot::Sender<Vec<NodeView>>,
+    },
+    Show {
+        node: String,
+        reply: oneshot::Sender<Option<NodeView>>,
+    },
+    Pending {
+        reply: oneshot::Sender<Vec<PendingRow>>,
+    },
+    Approve {
+        node: String,
+        actor: String,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    Rearm {
+        node: String,
+        actor: String,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    Inventory {
+        inventory: Box<Inventory>,
+        actor: String,
+        reply: oneshot::Sender<String>,
+    },
+    IssueAdminCert {
+        user: String,
+        csr_der: Vec<u8>,
+        actor: String,
+        reply: oneshot::Sender<Result<pki::Issued, String>>,
+    },
+    Subscribe {
+        reply: oneshot::Sender<(u64, broadcast::Receiver<Event>)>,
+    },
+    Metrics {
+        reply: oneshot::Sender<MetricsSnapshot>,
+    },
+}
+
+/// A cheap, cloneable handle to the fleet task.
+#[derive(Clone, Debug)]
+pub struct FleetHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl FleetHandle {
+    pub async fn send(&self, cmd: Command) -> Result<(), Status> {
+        self.tx
+            .send(cmd)
+            .await
+            .map_err(|_| Status::unavailable("the coordinator is shutting down"))
+    }
+
+    /// Sends a command built around a reply channel and waits for the reply.
+    pub async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.send(make(tx)).await?;
+        rx.await
+            .map_err(|_| Status::unavailable("the coordinator is shutting down"))
+    }
+}
+
+/// The state of one node that the fleet task keeps in memory.
+#[derive(Debug, Clone)]
+struct NodeRec {
+    row: NodeRow,
+    overlay_alarm: bool,
+    enrollment_refused: String,
+}
+
+struct Conn {
+    id: u64,
+    tx: Outbound,
+    kill: Option<oneshot::Sender<Status>>,
+    cert_not_after: i64,
+}
+
+/// A token bucket for enrollment requests.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last_ms: i64,
+}
+
+impl TokenBucket {
+    pub fn new(rate: f64, burst: f64, now_ms: i64) -> Self {
+        TokenBucket {
+            rate,
+            burst,
+            tokens: burst,
+            last_ms: now_ms,
+        }
+    }
+
+    pub fn take(&mut self, now_ms: i64) -> bool {
+        let elapsed = (now_ms - self.last_ms).max(0) as f64 / 1000.0;
+        self.last_ms = now_ms;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The state a node is in given how long it has been silent. A node that
+/// stops reporting goes stale, then lost, whether or not its stream is open.
+pub fn silence_state(
+    current: NodeState,
+    last_seen_ms: i64,
+    now_ms: i64,
+    stale: Duration,
+    lost: Duration,
+) -> NodeState {
+    if last_seen_ms == 0 {
+        return current;
+    }
+    let silent = now_ms.saturating_sub(last_seen_ms);
+    if silent > lost.as_millis() as i64 {
+        NodeState::Lost
+    } else if silent > stale.as_millis() as i64 {
+        match current {
+            NodeState::Lost => NodeState::Lost,
+            _ => NodeState::Stale,
+        }
+    } else {
+        current
+    }
+}
+
+/// Whether a node may enroll again. One enrollment per boot: a node that
+/// holds a live stream, or an unexpired certificate and is not lost, must be
+/// rearmed by an administrator first. A lost node's certificate no longer
+/// blocks it, so a node that crashed and rebooted comes back by itself once
+/// the coordinator has given it up.
+pub fn may_reenroll(row: &NodeRow, streaming: bool, now_ms: i64) -> Result<(), String> {
+    if row.rearmed {
+        return Ok(());
+    }
+    if streaming {
+        return Err(format!(
+            "{} already holds a live stream; `dfleet node rearm {}` allows a new enrollment",
+            row.name, row.name
+        ));
+    }
+    if row.cert_serial.is_some()
+        && row.cert_not_after * 1000 > now_ms
+        && row.state != NodeState::Lost
+    {
+        return Err(format!(
+            "{} holds a certificate valid for {} more seconds from boot {}; `dfleet node rearm {}` allows a new enrollment",
+            row.name,
+            (row.cert_not_after * 1000 - now_ms) / 1000,
+            if row.boot_id.is_empty() {
+                "?"
+            } else {
+                &row.boot_id
+            },
+            row.name
+        ));
+    }
+    Ok(())
+}
+
+/// Configuration the fleet task needs besides the inventory.
+#[derive(Debug, Clone)]
+pub struct FleetOptions {
+    /// Where the neighbour (ARP) table is read from.
+    pub neighbour_table: std::path::PathBuf,
+}
+
+impl Default for FleetOptions {
+    fn default() -> Self {
+        FleetOptions {
+            neighbour_table: "/proc/net/arp".into(),
+        }
+    }
+}
+
+pub struct Fleet {
+    inv: Arc<Inventory>,
+    nodes: HashMap<String, NodeRec>,
+    pending: HashMap<String, PendingRow>,
+    conns: HashMap<String, Conn>,
+    next_conn: u64,
+    last_event_id: u64,
+    events: broadcast::Sender<Event>,
+    store: Store,
+    ca: Arc<Ca>,
+    bucket: TokenBucket,
+    counters: Counters,
+    options: FleetOptions,
+}
+
+impl Fleet {
+    /// Builds the fleet state from the inventory and what the store loaded.
+    pub fn new(
+        inv: Inventory,
+        loaded: crate::store::Loaded,
+        store: Store,
+        ca: Arc<Ca>,
+        options: FleetOptions,
+    ) -> Fleet {
+        let now = now_ms();
+        let mut persisted: HashMap<String, NodeRow> = loaded
+            .nodes
+            .into_iter()
+            .map(|r| (r.name.clone(), r))
+            .collect();
+        let mut nodes = HashMap::new();
+        for entry in &inv.nodes {
+            let name = entry.name.to_string();
+            let row = persisted.remove(&name).unwrap_or_else(|| NodeRow {
+                name: name.clone(),
+                state: NodeState::Unknown,
+                cert_serial: None,
+                cert_not_after: 0,
+                boot_id: String::new(),
+                last_seen_ms: 0,
+                rearmed: false,
+                report: None,
+            });
+            nodes.insert(
+                name,
+                NodeRec {
+                    row,
+                    overlay_alarm: false,
+                    enrollment_refused: String::new(),
+                },
+            );
+        }
+        for gone in persisted.into_keys() {
+            store.write(Write::RemoveNode(gone));
+        }
+        let (events, _) = broadcast::channel(4096);
+        let bucket = TokenBucket::new(
+            inv.enrollment.rate_per_second as f64,
+            inv.enrollment.burst as f64,
+            now,
+        );
+        Fleet {
+            inv: Arc::new(inv),
+            nodes,
+            pending: loaded
+                .pending
+                .into_iter()
+                .map(|p| (p.mac.clone(), p))
+                .collect(),
+            conns: HashMap::new(),
+            next_conn: 1,
+            last_event_id: loaded.last_event_id,
+            events,
+            store,
+            ca,
+            bucket,
+            counters: Counters::default(),
+            options,
+        }
+    }
+
+    /// Runs the fleet task until every handle is dropped or `shutdown` fires.
+    pub fn spawn(mut self, shutdown: tokio_util_shutdown::Shutdown) -> FleetHandle {
+        let (tx, mut rx) = mpsc::channel(4096);
+        let tick_every = (self.inv.health.stale_after / 4)
+            .clamp(Duration::from_millis(100), Duration::from_secs(1));
+        tokio::spawn(async move {
+            self.emit(
+                EventKind::CoordinatorStarted,
+                "",
+                format!("{} nodes in the inventory", self.nodes.len()),
+                "",
+            );
+            let mut tick = tokio::time::interval(tick_every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut shutdown = shutdown;
+            loop {
+                tokio::select! {
+                    cmd = rx.recv() => match cmd {
+                        Some(cmd) => self.handle(cmd),
+                        None => break,
+                    },
+                    _ = tick.tick() => self.tick(now_ms()),
+                    _ = shutdown.wait() => break,
+                }
+            }
+            for (_, conn) in self.conns.drain() {
+                if let Some(kill) = conn.kill {
+                    let _ = kill.send(Status::unavailable("the coordinator is shutting down"));
+                }
+            }
+            let _ = self.store.flush().await;
+        });
+        FleetHandle { tx }
+    }
+
+    fn emit(&mut self, kind: EventKind, node: &str, detail: impl Into<String>, actor: &str) {
+        self.last_event_id += 1;
+        let event = Event {
+            id: self.last_event_id,
+            at_unix_ms: now_ms(),
+            kind,
+            node: node.to_string(),
+            detail: detail.into(),
+            actor: actor.to_string(),
+        };
+        tracing::info!(id = event.id, kind = %kind, node, detail = %event.detail, actor, "event");
+        self.store.write(Write::Event(event.clone()));
+        let _ = self.events.send(event);
+    }
+
+    fn persist(&self, name: &str) {
+        if let Some(rec) = self.nodes.get(name) {
+            self.store.write(Write::Node(Box::new(rec.row.clone())));
+        }
+    }
+
+    /// Moves a node to `state`, announcing the change once.
+    fn set_state(&mut self, name: &str, state: NodeState, detail: String) {
+        let Some(rec) = self.nodes.get_mut(name) else {
+            return;
+        };
+        if rec.row.state == state {
+            return;
+        }
+        rec.row.state = state;
+        let kind = match state {
+            NodeState::Ready => EventKind::Ready,
+            NodeState::NotReady => EventKind::NotReady,
+            NodeState::Stale => EventKind::Stale,
+            NodeState::Lost => EventKind::Lost,
+            NodeState::Pending => EventKind::EnrollPending,
+            NodeState::Connected => EventKind::Connected,
+            // A node only returns to unknown when it leaves the inventory.
+            NodeState::Unknown => return,
+        };
+        self.emit(kind, name, detail, "");
+        self.persist(name);
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Enroll { input, reply } => {
+                let result = self.enroll(input);
+                let _ = reply.send(result);
+            }
+            Command::Open {
+                node,
+                mac,
+                boot_id,
+                peer,
+                addr,
+                tx,
+                kill,
+                reply,
+            } => {
+                let result = self.open(node, mac, boot_id, peer, addr, tx, kill);
+                let _ = reply.send(result);
+            }
+            Command::Report { node, conn, report } => self.report(&node, conn, *report),
+            Command::Renew {
+                node,
+                conn,
+                csr_der,
+            } => self.renew(&node, conn, &csr_der),
+            Command::OrderResult { node, conn, result } => {
+                if self.is_current(&node, conn) {
+                    tracing::info!(
+                        node,
+                        order = result.order_id,
+                        ok = result.ok,
+                        detail = result.detail,
+                        "order result"
+                    );
+                }
+            }
+            Command::Closed { node, conn, reason } => self.closed(&node, conn, reason),
+            Command::StreamRefused { node, detail } => {
+                self.counters.streams_refused += 1;
+                self.emit(EventKind::StreamRefused, &node, detail, "");
+            }
+            Command::AdminRefused { actor, detail } => {
+                self.emit(EventKind::AdminRefused, "", detail, &actor);
+            }
+            Command::Status { names, reply } => {
+                let views = match names {
+                    None => self.inv.nodes.iter().filter_map(|e| self.view(e)).collect(),
+                    Some(names) => names
+                        .iter()
+                        .filter_map(|n| self.inv.node(n))
+                        .filter_map(|e| self.view(e))
+                        .collect(),
+                };
+                let _ = reply.send(views);
+            }
+            Command::Show { node, reply } => {
+                let view = self.inv.node(&node).and_then(|e| self.view(e));
+                let _ = reply.send(view);
+            }
+            Command::Pending { reply } => {
+                let mut rows: Vec<PendingRow> = self.pending.values().cloned().collect();
+                rows.sort_by(|a, b| {
+                    a.first_seen_ms
+                        .cmp(&b.first_seen_ms)
+                        .then(a.mac.cmp(&b.mac))
+                });
+                let _ = reply.send(rows);
+            }
+            Command::Approve { node, actor, reply } => {
+                let _ = reply.send(self.approve(&node, &actor));
+            }
+            Command::Rearm { node, actor, reply } => {
+                let _ = reply.send(self.rearm(&node, &actor));
+            }
+            Command::Inventory {
+                inventory,
+                actor,
+                reply,
+            } => {
+                let _ = reply.send(self.replace_inventory(*inventory, &actor));
+            }
+            Command::IssueAdminCert {
+                user,
+                csr_der,
+                actor,
+                reply,
+            } => {
+                let result = self
+                    .ca
+                    .sign_admin(&csr_der, &user, ADMIN_CERT_LIFETIME)
+                    .map_err(|e| e.to_string());
+                if result.is_ok() {
+                    self.emit(
+                        EventKind::AdminCertIssued,
+                        "",
+                        format!("admin certificate for {user}"),
+                        &actor,
+                    );
+                }
+                let _ = reply.send(result);
+            }
+            Command::Subscribe { reply } => {
+                let _ = reply.send((self.last_event_id, self.events.subscribe()));
+            }
+            Command::Metrics { reply } => {
+                let _ = reply.send(MetricsSnapshot {
+                    nodes: self.inv.nodes.iter().filter_map(|e| self.view(e)).collect(),
+                    connected: self.conns.len(),
+                    counters: self.counters.clone(),
+                    now_ms: now_ms(),
+                });
+            }
+        }
+    }
+
+    fn view(&self, entry: &NodeEntry) -> Option<NodeView> {
+        let rec = self.nodes.get(entry.name.as_str())?;
+        let pending = self
+            .pending
+            .get(&entry.mac.to_string())
+            .is_some_and(|p| !p.node.is_empty());
+        let state = if rec.row.state == NodeState::Unknown && pending {
+            NodeState::Pending
+        } else {
+            rec.row.state
+        };
+        Some(NodeView {
+            entry: entry.clone(),
+            state,
+            connected: self.conns.contains_key(entry.name.as_str()),
+            last_seen_ms: rec.row.last_seen_ms,
+            cert_not_after: rec.row.cert_not_after,
+            report: rec.row.report.clone(),
+            enrollment_refused: rec.enrollment_refused.clone(),
+        })
+    }
+
+    fn refuse(&mut self, node: &str, reason: RefusalReason, message: String) -> Refusal {
+        *self
+            .counters
+            .enroll_refused
+            .entry(reason.as_str())
+            .or_default() += 1;
+        if let Some(rec) = self.nodes.get_mut(node) {
+            rec.enrollment_refused = message.clone();
+        }
+        // Rate-limit refusals are not logged one by one: they come in floods.
+        if reason != RefusalReason::RateLimited {
+            self.emit(EventKind::EnrollRefused, node, message.clone(), "");
+        }
+        Refusal { reason, message }
+    }
+
+    fn remember_pending(
+        &mut self,
+        mac: &str,
+        ip: IpAddr,
+        node: &str,
+        reason: &str,
+        public_key: Vec<u8>,
+    ) -> Result<bool, Refusal> {
+        let now = now_ms();
+        let is_new = !self.pending.contains_key(mac);
+        if is_new && self.pending.len() >= self.inv.enrollment.pending_max {
+            let msg = format!(
+                "the pending list is full ({} entries); approve or clear entries first",
+                self.inv.enrollment.pending_max
+            );
+            return Err(self.refuse(node, RefusalReason::PendingFull, msg));
+        }
+        let row = self
+            .pending
+            .entry(mac.to_string())
+            .or_insert_with(|| PendingRow {
+                mac: mac.to_string(),
+                ip: ip.to_string(),
+                node: node.to_string(),
+                reason: reason.to_string(),
+                first_seen_ms: now,
+                last_seen_ms: now,
+                attempts: 0,
+                public_key: public_key.clone(),
+                approved: false,
+            });
+        if row.public_key != public_key {
+            // A new key (the machine rebooted) voids an earlier approval.
+            row.public_key = public_key;
+            row.approved = false;
+        }
+        row.ip = ip.to_string();
+        row.node = node.to_string();
+        row.reason = reason.to_string();
+        row.last_seen_ms = now;
+        row.attempts += 1;
+        self.store.write(Write::Pending(row.clone()));
+        Ok(is_new)
+    }
+
+    fn enroll(&mut self, input: EnrollInput) -> Result<EnrollOutcome, Refusal> {
+        let now = now_ms();
+        if !self.bucket.take(now) {
+            return Err(self.refuse(
+                "",
+                RefusalReason::RateLimited,
+                "enrollment rate limit reached; retry later".into(),
+            ));
+        }
+        let ip = input.addr.ip();
+        if input.addr.port() >= 1024 {
+            return Err(self.refuse(
+                "",
+                RefusalReason::UnprivilegedPort,
+                format!(
+                    "enrollment from {} refused: source port {} is not privileged (below 1024), so it may not come from root on the node",
+                    input.addr,
+                    input.addr.port()
+                ),
+            ));
+        }
+        let mac: MacAddr = match input.mac.parse() {
+            Ok(m) => m,
+            Err(e) => {
+                return Err(self.refuse(
+                    "",
+                    RefusalReason::BadRequest,
+                    format!("enrollment from {ip}: {e}"),
+                ));
+            }
+        };
+        let public_key = match pki::csr_public_key(&input.csr_der) {
+            Ok(k) => k,
+            Err(e) => {
+                return Err(self.refuse(
+                    "",
+                    RefusalReason::BadRequest,
+                    format!("enrollment from {ip} ({mac}): {e}"),
+                ));
+            }
+        };
+        let Some(entry) = self.inv.node_by_mac(&mac).cloned() else {
+            let msg = format!(
+                "unknown MAC {mac} from {ip}: not in the inventory (see `dfleet node pending`)"
+            );
+            self.remember_pending(&mac.to_string(), ip, "", "unknown MAC", public_key)?;
+            return Err(self.refuse("", RefusalReason::UnknownMac, msg));
+        };
+        let name = entry.name.to_string();
+        if IpAddr::V4(entry.ip) != ip {
+            let msg = format!(
+                "MAC {mac} belongs to {name} at {}, but the request came from {ip}",
+                entry.ip
+            );
+            return Err(self.refuse(&name, RefusalReason::WrongAddress, msg));
+        }
+        if let Some(seen) = neighbour::lookup(&self.options.neighbour_table, ip)
+            && seen != mac
+        {
+            let msg = format!("the neighbour table maps {ip} to {seen}, not to {name}'s MAC {mac}");
+            return Err(self.refuse(&name, RefusalReason::NeighbourMismatch, msg));
+        }
+        let streaming = self.conns.contains_key(&name);
+        let row = self.nodes.get(&name).map(|r| r.row.clone());
+        if let Some(row) = &row
+            && let Err(msg) = may_reenroll(row, streaming, now)
+        {
+            return Err(self.refuse(
+                &name,
+                RefusalReason::AlreadyEnrolled,
+                format!("second enrollment refused: {msg}"),
+            ));
+        }
+        if self.inv.enrollment.policy == EnrollmentPolicy::Manual {
+            let approved = self
+                .pending
+                .get(&mac.to_string())
+                .is_some_and(|p| p.approved && p.public_key == public_key && p.node == name);
+            if !approved {
+                let is_new = self.remember_pending(
+                    &mac.to_string(),
+                    ip,
+                    &name,
+                    "waiting for approval",
+                    public_key,
+                )?;
+                if is_new {
+                    self.emit(
+                        EventKind::EnrollPending,
+                        &name,
+                        format!("{mac} from {ip}: `dfleet node approve {name}`"),
+                        "",
+                    );
+                }
+                return Ok(EnrollOutcome::Pending {
+                    reason: format!("waiting for `dfleet node approve {name}`"),
+                    retry_after_seconds: 2,
+                });
+            }
+        }
+        let issued =
+            match self
+                .ca
+                .sign_node(&input.csr_der, &name, self.inv.enrollment.cert_lifetime)
+            {
+                Ok(i) => i,
+                Err(e) => {
+                    return Err(self.refuse(
+                        &name,
+                        RefusalReason::BadRequest,
+                        format!("signing {name}'s certificate: {e}"),
+                    ));
+                }
+            };
+        if self.pending.remove(&mac.to_string()).is_some() {
+            self.store.write(Write::RemovePending(mac.to_string()));
+        }
+        // A live stream on the old certificate ends: the new boot replaces it.
+        if let Some(conn) = self.conns.remove(&name)
+            && let Some(kill) = conn.kill
+        {
+            let _ = kill.send(Status::unauthenticated("the node enrolled again"));
+        }
+        let rec = self
+            .nodes
+            .get_mut(&name)
+            .expect("inventory node has a record");
+        rec.row.cert_serial = Some(issued.serial.clone());
+        rec.row.cert_not_after = issued.not_after_unix;
+        rec.row.boot_id = input.boot_id.clone();
+        rec.row.rearmed = false;
+        rec.row.last_seen_ms = now;
+        rec.enrollment_refused.clear();
+        self.counters.enroll_accepted += 1;
+        self.persist(&name);
+        self.emit(
+            EventKind::Enrolled,
+            &name,
+            format!("{mac} from {ip}, boot {}", input.boot_id),
+            "",
+        );
+        Ok(EnrollOutcome::Issued {
+            node: name,
+            cert_der: issued.der,
+            not_after_unix: issued.not_after_unix,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn open(
+        &mut self,
+        node: String,
+        mac: String,
+        boot_id: String,
+        peer: PeerIdentity,
+        addr: Option<SocketAddr>,
+        tx: Outbound,
+        kill: oneshot::Sender<Status>,
+    ) -> Result<(u64, pb::Welcome), Status> {
+        let refuse = |this: &mut Self, msg: String| {
+            this.counters.streams_refused += 1;
+            this.emit(EventKind::StreamRefused, &node, msg.clone(), "");
+            Err(Status::permission_denied(msg))
+        };
+        let Some(entry) = self.inv.node(&node).cloned() else {
+            return refuse(self, format!("{node} is not in the inventory"));
+        };
+        if mac.parse::<MacAddr>().ok() != Some(entry.mac) {
+            return refuse(
+                self,
+                format!(
+                    "{node} is {} in the inventory, but its stream says {mac}",
+                    entry.mac
+                ),
+            );
+        }
+        let rec = self.nodes.get(&node).expect("inventory node has a record");
+        if rec.row.cert_serial.as_deref() != Some(peer.serial.as_str()) {
+            return refuse(
+                self,
+                format!(
+                    "{node} presented a certificate that is no longer its current one (serial {})",
+                    peer.serial
+                ),
+            );
+        }
+        let id = self.next_conn;
+        self.next_conn += 1;
+        if let Some(old) = self.conns.insert(
+            node.clone(),
+            Conn {
+                id,
+                tx,
+                kill: Some(kill),
+                cert_not_after: peer.not_after_unix,
+            },
+        ) && let Some(kill) = old.kill
+        {
+            let _ = kill.send(Status::aborted(
+                "replaced by a newer stream from the same node",
+            ));
+        }
+        let rec = self
+            .nodes
+            .get_mut(&node)
+            .expect("inventory node has a record");
+        rec.row.last_seen_ms = now_ms();
+        rec.row.boot_id = boot_id.clone();
+        let detail = match addr {
+            Some(a) => format!("stream from {a}, boot {boot_id}"),
+            None => format!("stream, boot {boot_id}"),
+        };
+        self.emit(EventKind::Connected, &node, detail, "");
+        // A returning node is connected until its first report says more.
+        let rec = self
+            .nodes
+            .get_mut(&node)
+            .expect("inventory node has a record");
+        if matches!(
+            rec.row.state,
+            NodeState::Unknown | NodeState::Pending | NodeState::Stale | NodeState::Lost
+        ) {
+            rec.row.state = NodeState::Connected;
+        }
+        self.persist(&node);
+        Ok((
+            id,
+            pb::Welcome {
+                node,
+                assigned: None,
+                report_interval_seconds: self.inv.cluster.report_interval.as_secs().max(1) as u32,
+                report_change_bytes: REPORT_CHANGE_BYTES,
+            },
+        ))
+    }
+
+    fn is_current(&self, node: &str, conn: u64) -> bool {
+        self.conns.get(node).is_some_and(|c| c.id == conn)
+    }
+
+    fn report(&mut self, name: &str, conn: u64, report: Report) {
+        if !self.is_current(name, conn) {
+            return;
+        }
+        self.counters.reports += 1;
+        let ready = report.is_ready();
+        let failing = report.failing_checks().join(", ");
+        let health = self.inv.health.clone();
+        let Some(rec) = self.nodes.get_mut(name) else {
+            return;
+        };
+        rec.row.last_seen_ms = now_ms();
+        // Overlay thresholds raise one event when crossed and one when cleared.
+        let o = &report.overlay;
+        let used_pct = o.used_percent();
+        let over_pct = used_pct.is_some_and(|p| p >= f64::from(health.overlay_used_warn_percent));
+        let over_ttf = o
+            .seconds_to_full
+            .is_some_and(|s| Duration::from_secs(s) < health.overlay_time_to_full_warn);
+        let alarm = o.root_is_overlay && (over_pct || over_ttf);
+        let alarm_changed = alarm != rec.overlay_alarm;
+        rec.overlay_alarm = alarm;
+        let ttf = o.seconds_to_full;
+        rec.row.report = Some(report);
+        if alarm_changed {
+            let detail = if alarm {
+                format!(
+                    "overlay {:.0}% used{} (warn at {}% or under {}s to full)",
+                    used_pct.unwrap_or(0.0),
+                    ttf.map(|s| format!(", full in {s}s")).unwrap_or_default(),
+                    health.overlay_used_warn_percent,
+                    health.overlay_time_to_full_warn.as_secs()
+                )
+            } else {
+                format!(
+                    "overlay back under its thresholds ({:.0}% used)",
+                    used_pct.unwrap_or(0.0)
+                )
+            };
+            self.emit(EventKind::OverlayThreshold, name, detail, "");
+        }
+        if ready {
+            self.set_state(name, NodeState::Ready, "every check passes".into());
+        } else {
+            self.set_state(name, NodeState::NotReady, format!("failing: {failing}"));
+        }
+        self.persist(name);
+    }
+
+    fn renew(&mut self, name: &str, conn: u64, csr_der: &[u8]) {
+        if !self.is_current(name, conn) {
+            return;
+        }
+        let lifetime = self.inv.enrollment.cert_lifetime;
+        let issued = match self.ca.sign_node(csr_der, name, lifetime) {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!(node = name, error = %e, "renewal refused");
+                return;
+            }
+        };
+        let Some(c) = self.conns.get_mut(name) else {
+            return;
+        };
+        c.cert_not_after = issued.not_after_unix;
+        let msg = pb::CoordinatorMessage {
+            kind: Some(pb::coordinator_message::Kind::Renewed(pb::Renewed {
+                cert_der: issued.der.clone(),
+                not_after_unix: issued.not_after_unix,
+            })),
+        };
+        if c.tx.try_send(Ok(msg)).is_err() {
+            tracing::warn!(
+                node = name,
+                "stream is full or closed; renewal not delivered"
+            );
+            return;
+        }
+        let rec = self
+            .nodes
+            .get_mut(name)
+            .expect("inventory node has a record");
+        rec.row.cert_serial = Some(issued.serial.clone());
+        rec.row.cert_not_after = issued.not_after_unix;
+        rec.row.last_seen_ms = now_ms();
+        self.persist(name);
+        self.emit(
+            EventKind::CertRenewed,
+            name,
+            format!("valid until unix {}", issued.not_after_unix),
+            "",
+        );
+    }
+
+    fn closed(&mut self, name: &str, conn: u64, reason: String) {
+        if !self.is_current(name, conn) {
+            return;
+        }
+        self.conns.remove(name);
+        self.emit(EventKind::Disconnected, name, reason, "");
+    }
+
+    fn tick(&mut self, now: i64) {
+        let health = self.inv.health.clone();
+        // Streams whose certificate expired without renewal are closed.
+        let expired: Vec<String> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.cert_not_after * 1000 <= now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in expired {
+            if let Some(conn) = self.conns.remove(&name) {
+                if let Some(kill) = conn.kill {
+                    let _ = kill.send(Status::unauthenticated("the node's certificate expired"));
+                }
+                self.emit(
+                    EventKind::Disconnected,
+                    &name,
+                    "certificate expired without renewal",
+                    "",
+                );
+            }
+        }
+        let changes: Vec<(String, NodeState, i64)> = self
+            .nodes
+            .iter()
+            .filter_map(|(name, rec)| {
+                let next = silence_state(
+                    rec.row.state,
+                    rec.row.last_seen_ms,
+                    now,
+                    health.stale_after,
+                    health.lost_after,
+                );
+                (next != rec.row.state).then(|| (name.clone(), next, rec.row.last_seen_ms))
+            })
+            .collect();
+        for (name, state, last_seen) in changes {
+            let silent = (now - last_seen) / 1000;
+            self.set_state(&name, state, format!("no report for {silent}s"));
+        }
+    }
+
+    fn approve(&mut self, node: &str, actor: &str) -> Result<String, String> {
+        let entry = self
+            .inv
+            .node(node)
+            .ok_or_else(|| format!("{node} is not in the inventory"))?;
+        let mac = entry.mac.to_string();
+        let row = self
+            .pending
+            .get_mut(&mac)
+            .filter(|p| p.node == node)
+            .ok_or_else(|| {
+                format!("no pending enrollment for {node} (see `dfleet node pending`)")
+            })?;
+        row.approved = true;
+        let row = row.clone();
+        self.store.write(Write::Pending(row));
+        self.emit(
+            EventKind::Approved,
+            node,
+            format!("enrollment of {mac} approved"),
+            actor,
+        );
+        Ok(format!("approved {node}; it enrolls at its next retry"))
+    }
+
+    fn rearm(&mut self, node: &str, actor: &str) -> Result<String, String> {
+        let rec = self
+            .nodes
+            .get_mut(node)
+            .ok_or_else(|| format!("{node} is not in the inventory"))?;
+        rec.row.rearmed = true;
+        self.persist(node);
+        self.emit(
+            EventKind::Rearmed,
+            node,
+            "one new enrollment allowed",
+            actor,
+        );
+        Ok(format!("{node} may enroll once more"))
+    }
+
+    fn replace_inventory(&mut self, inv: Inventory, actor: &str) -> String {
+        let mut added = 0;
+        for entry in &inv.nodes {
+            let name = entry.name.to_string();
+            if !self.nodes.contains_key(&name) {
+                added += 1;
+                self.nodes.insert(
+                    name.clone(),
+                    NodeRec {
+                        row: NodeRow {
+                            name,
+                            state: NodeState::Unknown,
+                            cert_serial: None,
+                            cert_not_after: 0,
+                            boot_id: String::new(),
+                            last_seen_ms: 0,
+                            rearmed: false,
+                            report: None,
+                        },
+                        overlay_alarm: false,
+                        enrollment_refused: String::new(),
+                    },
+                );
+            }
+        }
+        let removed: Vec<String> = self
+            .nodes
+            .keys()
+            .filter(|n| inv.node(n).is_none())
+            .cloned()
+            .collect();
+        for name in &removed {
+            self.nodes.remove(name);
+            if let Some(conn) = self.conns.remove(name)
+                && let Some(kill) = conn.kill
+            {
+                let _ = kill.send(Status::permission_denied(
+                    "the node was removed from the inventory",
+                ));
+            }
+            self.store.write(Write::RemoveNode(name.clone()));
+        }
+        // A node whose MAC or address changed must enroll again.
+        let mut changed = 0;
+        for entry in &inv.nodes {
+            if let Some(old) = self.inv.node(entry.name.as_str())
+                && (old.mac != entry.mac || old.ip != entry.ip)
+            {
+                changed += 1;
+                if let Some(conn) = self.conns.remove(entry.name.as_str())
+                    && let Some(kill) = conn.kill
+                {
+                    let _ = kill.send(Status::permission_denied(
+                        "the node's MAC or address changed in the inventory",
+                    ));
+                }
+                if let Some(rec) = self.nodes.get_mut(entry.name.as_str()) {
+                    rec.row.cert_serial = None;
+                    rec.row.cert_not_after = 0;
+                }
+                self.persist(entry.name.as_str());
+            }
+        }
+        let summary = format!(
+            "{} nodes: {added} added, {} removed, {changed} with a new MAC or address",
+            inv.nodes.len(),
+            removed.len()
+        );
+        self.inv = Arc::new(inv);
+        self.emit(EventKind::InventoryReloaded, "", summary.clone(), actor);
+        summary
+    }
+}
+
+/// A shutdown signal that many tasks can wait on.
+pub mod tokio_util_shutdown {
+    use tokio::sync::watch;
+
+    /// Fires once; every clone sees it.
+    #[derive(Clone, Debug)]
+    pub struct Shutdown(watch::Receiver<bool>);
+
+    #[derive(Debug)]
+    pub struct Trigger(watch::Sender<bool>);
+
+    pub fn channel() -> (Trigger, Shutdown) {
+        let (tx, rx) = watch::channel(false);
+        (Trigger(tx), Shutdown(rx))
+    }
+
+    impl Trigger {
+        pub fn fire(&self) {
+            let _ = self.0.send(true);
+        }
+    }
+
+    impl Shutdown {
+        /// Resolves when the trigger fired or was dropped.
+        pub async fn wait(&mut self) {
+            let _ = self.0.wait_for(|fired| *fired).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(30);
+    const L: Duration = Duration::from_secs(120);
+
+    #[test]
+    fn silence_moves_nodes_to_stale_then_lost() {
+        let t0 = 1_000_000;
+        assert_eq!(
+            silence_state(NodeState::Ready, t0, t0 + 29_000, S, L),
+            NodeState::Ready
+        );
+        assert_eq!(
+            silence_state(NodeState::Ready, t0, t0 + 31_000, S, L),
+            NodeState::Stale
+        );
+        assert_eq!(
+            silence_state(NodeState::Stale, t0, t0 + 121_000, S, L),
+            NodeState::Lost
+        );
+        assert_eq!(
+            silence_state(NodeState::NotReady, t0, t0 + 500_000, S, L),
+            NodeState::Lost
+        );
+        // A never-seen node stays where it is.
+        assert_eq!(
+            silence_state(NodeState::Unknown, 0, t0, S, L),
+            NodeState::Unknown
+        );
+    }
+
+    fn row(state: NodeState, serial: Option<&str>, not_after_s: i64, rearmed: bool) -> NodeRow {
+        NodeRow {
+            name: "cn1".into(),
+            state,
+            cert_serial: serial.map(Into::into),
+            cert_not_after: not_after_s,
+            boot_id: "b".into(),
+            last_seen_ms: 0,
+            rearmed,
+            report: None,
+        }
+    }
+
+    #[test]
+    fn one_enrollment_per_boot() {
+        let now = 1_000_000_000;
+        // Never enrolled.
+        assert!(may_reenroll(&row(NodeState::Unknown, None, 0, false), false, now).is_ok());
+        // A live stream blocks.
+        assert!(may_reenroll(&row(NodeState::Ready, Some("a"), 0, false), true, now).is_err());
+        // An unexpired certificate blocks.
+        let err = may_reenroll(
+            &row(NodeState::Stale, Some("a"), now / 1000 + 60, false),
+            false,
+            now,
+        )
+        .unwrap_err();
+        assert!(err.contains("rearm cn1"), "{err}");
+        // An expired one does not.
+        assert!(
+            may_reenroll(
+                &row(NodeState::Stale, Some("a"), now / 1000 - 1, false),
+                false,
+                now
+            )
+            .is_ok()
+        );
+        // A lost node may come back.
+        assert!(
+            may_reenroll(
+                &row(NodeState::Lost, Some("a"), now / 1000 + 60, false),
+                false,
+                now
+            )
+            .is_ok()
+        );
+        // Rearm allows it even with a live stream.
+        assert!(
+            may_reenroll(
+                &row(NodeState::Ready, Some("a"), now / 1000 + 60, true),
+                true,
+                now
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn token_bucket_limits_bursts_and_refills() {
+        let mut b = TokenBucket::new(2.0, 3.0, 0);
+        assert!(b.take(0) && b.take(0) && b.take(0));
+        assert!(!b.take(0));
+        assert!(b.take(500));
+        assert!(!b.take(500));
+    }
+}

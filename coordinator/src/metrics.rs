@@ -1,0 +1,378 @@
+//! The Prometheus endpoint: per-node overlay, memory and readiness gauges and
+//! the coordinator's own counters, in the Prometheus text exposition format.
+//! node_exporter ignores overlay filesystems by default, so this is where an
+//! administrator sees how much RAM each node's overlay eats.
+
+use std::fmt::Write as _;
+
+use dfleet_proto::domain::NodeState;
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::fleet::{Command, FleetHandle, MetricsSnapshot, tokio_util_shutdown::Shutdown};
+
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Escapes a label value as the text format requires.
+fn label(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+struct Family<'a> {
+    out: &'a mut String,
+}
+
+impl Family<'_> {
+    fn header(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{k}=\"{}\"", label(v));
+            }
+            self.out.push('}');
+        }
+        if value.is_finite() && value.fract() == 0.0 && value.abs() < 1e15 {
+            let _ = writeln!(self.out, " {}", value as i64);
+        } else {
+            let _ = writeln!(self.out, " {value}");
+        }
+    }
+}
+
+const STATES: [NodeState; 7] = [
+    NodeState::Unknown,
+    NodeState::Pending,
+    NodeState::Connected,
+    NodeState::Ready,
+    NodeState::NotReady,
+    NodeState::Stale,
+    NodeState::Lost,
+];
+
+/// Renders a snapshot in the text exposition format.
+pub fn render(s: &MetricsSnapshot) -> String {
+    let mut out = String::new();
+    let mut f = Family { out: &mut out };
+    type Getter = fn(&dfleet_proto::domain::Report) -> Option<f64>;
+    let per_node: [(&str, &str, Getter); 10] = [
+        (
+            "dfleet_node_overlay_size_bytes",
+            "Size of the filesystem holding the node's overlay upper layer (RAM).",
+            |r| {
+                r.overlay
+                    .root_is_overlay
+                    .then_some(r.overlay.size_bytes as f64)
+            },
+        ),
+        (
+            "dfleet_node_overlay_used_bytes",
+            "Bytes used in the node's overlay upper layer filesystem.",
+            |r| {
+                r.overlay
+                    .root_is_overlay
+                    .then_some(r.overlay.used_bytes as f64)
+            },
+        ),
+        (
+            "dfleet_node_overlay_avail_bytes",
+            "Bytes still available to the node's overlay upper layer.",
+            |r| {
+                r.overlay
+                    .root_is_overlay
+                    .then_some(r.overlay.avail_bytes as f64)
+            },
+        ),
+        (
+            "dfleet_node_overlay_inodes_total",
+            "Inodes of the overlay upper layer filesystem.",
+            |r| {
+                r.overlay
+                    .root_is_overlay
+                    .then_some(r.overlay.inodes_total as f64)
+            },
+        ),
+        (
+            "dfleet_node_overlay_inodes_free",
+            "Free inodes of the overlay upper layer filesystem.",
+            |r| {
+                r.overlay
+                    .root_is_overlay
+                    .then_some(r.overlay.inodes_free as f64)
+            },
+        ),
+        (
+            "dfleet_node_overlay_growth_bytes_per_second",
+            "Recent growth of the overlay upper layer.",
+            |r| {
+                r.overlay
+                    .root_is_overlay
+                    .then_some(r.overlay.growth_bytes_per_second)
+            },
+        ),
+        (
+            "dfleet_node_overlay_seconds_to_full",
+            "Estimated seconds until the overlay upper layer is full, at the recent growth rate.",
+            |r| r.overlay.seconds_to_full.map(|s| s as f64),
+        ),
+        (
+            "dfleet_node_overlay_whiteouts",
+            "Files of the image deleted on the node (overlay whiteouts).",
+            |r| {
+                r.overlay
+                    .root_is_overlay
+                    .then_some(r.overlay.whiteouts as f64)
+            },
+        ),
+        (
+            "dfleet_node_memory_total_bytes",
+            "MemTotal of the node.",
+            |r| Some(r.memory.total_bytes as f64),
+        ),
+        (
+            "dfleet_node_memory_available_bytes",
+            "MemAvailable of the node.",
+            |r| Some(r.memory.available_bytes as f64),
+        ),
+    ];
+    for (name, help, get) in per_node {
+        f.header(name, "gauge", help);
+        for n in &s.nodes {
+            if let Some(v) = n.report.as_ref().and_then(get) {
+                f.sample(name, &[("node", n.entry.name.as_str())], v);
+            }
+        }
+    }
+    f.header(
+        "dfleet_node_ready",
+        "gauge",
+        "1 when every readiness check of the node passes.",
+    );
+    for n in &s.nodes {
+        let ready = n.state == NodeState::Ready;
+        f.sample(
+            "dfleet_node_ready",
+            &[("node", n.entry.name.as_str())],
+            f64::from(u8::from(ready)),
+        );
+    }
+    f.header(
+        "dfleet_node_connected",
+        "gauge",
+        "1 while the node's agent holds its stream.",
+    );
+    for n in &s.nodes {
+        f.sample(
+            "dfleet_node_connected",
+            &[("node", n.entry.name.as_str())],
+            f64::from(u8::from(n.connected)),
+        );
+    }
+    f.header(
+        "dfleet_node_state",
+        "gauge",
+        "The node's state: 1 for the current one.",
+    );
+    for n in &s.nodes {
+        for st in STATES {
+            let v = f64::from(u8::from(n.state == st));
+            f.sample(
+                "dfleet_node_state",
+                &[("node", n.entry.name.as_str()), ("state", &st.to_string())],
+                v,
+            );
+        }
+    }
+    f.header(
+        "dfleet_node_last_seen_timestamp_seconds",
+        "gauge",
+        "When the coordinator last heard from the node.",
+    );
+    for n in s.nodes.iter().filter(|n| n.last_seen_ms > 0) {
+        f.sample(
+            "dfleet_node_last_seen_timestamp_seconds",
+            &[("node", n.entry.name.as_str())],
+            n.last_seen_ms as f64 / 1000.0,
+        );
+    }
+    f.header(
+        "dfleet_node_booted_generation_info",
+        "gauge",
+        "The image generation the node booted, from its stamp.",
+    );
+    for n in &s.nodes {
+        if let Some(stamp) = n.report.as_ref().and_then(|r| r.booted.stamp.as_ref()) {
+            let generation = stamp.generation.to_string();
+            f.sample(
+                "dfleet_node_booted_generation_info",
+                &[
+                    ("node", n.entry.name.as_str()),
+                    ("image", &stamp.image),
+                    ("generation", &generation),
+                ],
+                1.0,
+            );
+        }
+    }
+    f.header(
+        "dfleet_connected_agents",
+        "gauge",
+        "Agents holding a stream now.",
+    );
+    f.sample("dfleet_connected_agents", &[], s.connected as f64);
+    f.header(
+        "dfleet_enrollments_accepted_total",
+        "counter",
+        "Enrollments that issued a certificate.",
+    );
+    f.sample(
+        "dfleet_enrollments_accepted_total",
+        &[],
+        s.counters.enroll_accepted as f64,
+    );
+    f.header(
+        "dfleet_enrollments_refused_total",
+        "counter",
+        "Enrollments refused, by reason.",
+    );
+    for (reason, n) in &s.counters.enroll_refused {
+        f.sample(
+            "dfleet_enrollments_refused_total",
+            &[("reason", reason)],
+            *n as f64,
+        );
+    }
+    f.header(
+        "dfleet_stream_errors_total",
+        "counter",
+        "Agent streams that ended with a transport error.",
+    );
+    f.sample(
+        "dfleet_stream_errors_total",
+        &[],
+        s.counters.stream_errors as f64,
+    );
+    f.header(
+        "dfleet_streams_refused_total",
+        "counter",
+        "Agent streams refused (wrong or stale certificate, wrong claim).",
+    );
+    f.sample(
+        "dfleet_streams_refused_total",
+        &[],
+        s.counters.streams_refused as f64,
+    );
+    f.header("dfleet_reports_total", "counter", "Agent reports received.");
+    f.sample("dfleet_reports_total", &[], s.counters.reports as f64);
+    out
+}
+
+/// Serves `GET /metrics` until shutdown.
+pub async fn serve(listener: TcpListener, fleet: FleetHandle, mut shutdown: Shutdown) {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics: accept failed");
+                    continue;
+                }
+            },
+            _ = shutdown.wait() => return,
+        };
+        let fleet = fleet.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let fleet = fleet.clone();
+                async move { Ok::<_, std::convert::Infallible>(respond(req, &fleet).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+async fn respond(
+    req: Request<hyper::body::Incoming>,
+    fleet: &FleetHandle,
+) -> Response<Full<Bytes>> {
+    let reply = |status: StatusCode, ctype: &str, body: String| {
+        Response::builder()
+            .status(status)
+            .header("content-type", ctype)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap_or_default()
+    };
+    if req.method() != hyper::Method::GET || req.uri().path() != "/metrics" {
+        return reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "only GET /metrics is served here\n".into(),
+        );
+    }
+    match fleet.ask(|reply| Command::Metrics { reply }).await {
+        Ok(snapshot) => reply(StatusCode::OK, CONTENT_TYPE, render(&snapshot)),
+        Err(e) => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            format!("{}\n", e.message()),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(label("x\ny"), "x\\ny");
+    }
+
+    #[test]
+    fn every_family_has_help_and_type_and_valid_names() {
+        let s = MetricsSnapshot {
+            nodes: vec![],
+            connected: 3,
+            counters: Default::default(),
+            now_ms: 0,
+        };
+        let text = render(&s);
+        assert!(text.contains("dfleet_connected_agents 3\n"), "{text}");
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name: String = line
+                .chars()
+                .take_while(|c| *c != '{' && *c != ' ')
+                .collect();
+            assert!(
+                name.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                "{name}"
+            );
+            assert!(
+                text.contains(&format!("# TYPE {name} ")),
+                "no TYPE for {name}"
+            );
+        }
+    }
+}

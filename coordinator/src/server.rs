@@ -1,0 +1,548 @@
+//! The coordinator's gRPC services: enrollment (the one RPC a client without a
+//! certificate may call), the agents' stream, and the admin service. Each
+//! handler checks who is calling, converts protobuf to domain types and hands
+//! the work to the fleet task.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use dfleet_proto::domain::{Event, Report};
+use dfleet_proto::pb::{
+    self, admin_server::Admin, agent_server::Agent, enrollment_server::Enrollment,
+};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::fleet::{Command, EnrollInput, EnrollOutcome, FleetHandle, NodeView};
+use crate::pki::{self, PeerIdentity, Role};
+use crate::store::Store;
+
+/// How long an agent has to send its hello after opening the stream.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The verified identity of a TLS peer, if it presented a certificate.
+fn peer<T>(req: &Request<T>) -> Result<Option<PeerIdentity>, Status> {
+    let Some(certs) = req.peer_certs() else {
+        return Ok(None);
+    };
+    let Some(leaf) = certs.first() else {
+        return Ok(None);
+    };
+    pki::peer_identity(leaf)
+        .map(Some)
+        .map_err(|e| Status::unauthenticated(e.to_string()))
+}
+
+#[derive(Clone, Debug)]
+pub struct Services {
+    pub fleet: FleetHandle,
+    pub store: Store,
+    /// Where `dfleet reload` re-reads the inventory from.
+    pub inventory_path: std::path::PathBuf,
+    /// The cluster CA certificate, handed out with admin certificates.
+    pub ca_der: Vec<u8>,
+}
+
+#[tonic::async_trait]
+impl Enrollment for Services {
+    async fn enroll(
+        &self,
+        req: Request<pb::EnrollRequest>,
+    ) -> Result<Response<pb::EnrollResponse>, Status> {
+        let addr = req
+            .remote_addr()
+            .ok_or_else(|| Status::failed_precondition("enrollment needs a TCP peer address"))?;
+        let r = req.into_inner();
+        let input = EnrollInput {
+            mac: r.mac,
+            addr,
+            csr_der: r.csr_der,
+            boot_id: r.boot_id,
+        };
+        let outcome = self
+            .fleet
+            .ask(|reply| Command::Enroll { input, reply })
+            .await?
+            .map_err(Status::from)?;
+        let outcome = match outcome {
+            EnrollOutcome::Issued {
+                node,
+                cert_der,
+                not_after_unix,
+            } => pb::enroll_response::Outcome::Issued(pb::Issued {
+                node,
+                cert_der,
+                not_after_unix,
+            }),
+            EnrollOutcome::Pending {
+                reason,
+                retry_after_seconds,
+            } => pb::enroll_response::Outcome::Pending(pb::Pending {
+                reason,
+                retry_after_seconds,
+            }),
+        };
+        Ok(Response::new(pb::EnrollResponse {
+            outcome: Some(outcome),
+        }))
+    }
+}
+
+type ConnectStream = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Agent for Services {
+    type ConnectStream = ConnectStream;
+
+    async fn connect(
+        &self,
+        req: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let addr = req.remote_addr();
+        let identity = peer(&req)?
+            .ok_or_else(|| Status::unauthenticated("the agent stream needs a node certificate"))?;
+        let node = match &identity.role {
+            Role::Node(n) => n.clone(),
+            Role::Admin(u) => {
+                return Err(Status::permission_denied(format!(
+                    "admin certificate {u} cannot open an agent stream"
+                )));
+            }
+        };
+        let mut inbound = req.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no hello within 10 s"))??;
+        let hello = match first.and_then(|m| m.kind) {
+            Some(pb::agent_message::Kind::Hello(h)) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message of a stream must be a hello",
+                ));
+            }
+        };
+        if hello.node != node {
+            let detail = format!(
+                "certificate names {node} but the stream claims {} (from {})",
+                hello.node,
+                addr.map(|a| a.to_string()).unwrap_or_default()
+            );
+            let _ = self
+                .fleet
+                .send(Command::StreamRefused {
+                    node: hello.node.clone(),
+                    detail: detail.clone(),
+                })
+                .await;
+            return Err(Status::permission_denied(detail));
+        }
+        let (tx, rx) = mpsc::channel(64);
+        let (kill_tx, mut kill_rx) = oneshot::channel::<Status>();
+        let (conn, welcome) = self
+            .fleet
+            .ask(|reply| Command::Open {
+                node: node.clone(),
+                mac: hello.mac,
+                boot_id: hello.boot_id,
+                peer: identity,
+                addr,
+                tx: tx.clone(),
+                kill: kill_tx,
+                reply,
+            })
+            .await??;
+        tx.send(Ok(pb::CoordinatorMessage {
+            kind: Some(pb::coordinator_message::Kind::Welcome(welcome)),
+        }))
+        .await
+        .map_err(|_| Status::cancelled("stream closed"))?;
+        let fleet = self.fleet.clone();
+        tokio::spawn(async move {
+            let reason = loop {
+                tokio::select! {
+                    status = &mut kill_rx => {
+                        if let Ok(status) = status {
+                            let reason = status.message().to_string();
+                            let _ = tx.send(Err(status)).await;
+                            break reason;
+                        }
+                        break "the coordinator closed the stream".to_string();
+                    }
+                    msg = inbound.message() => match msg {
+                        Ok(Some(msg)) => {
+                            if let Err(reason) = dispatch(&fleet, &node, conn, msg).await {
+                                let _ = tx.send(Err(Status::invalid_argument(reason.clone()))).await;
+                                break reason;
+                            }
+                        }
+                        Ok(None) => break "the agent closed the stream".to_string(),
+                        // An agent that dies without close_notify shows up here:
+                        // an ordinary disconnect.
+                        Err(e) => break format!("stream error: {}", e.message()),
+                    }
+                }
+            };
+            let _ = fleet.send(Command::Closed { node, conn, reason }).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Hands one agent message to the fleet task; an error ends the stream.
+async fn dispatch(
+    fleet: &FleetHandle,
+    node: &str,
+    conn: u64,
+    msg: pb::AgentMessage,
+) -> Result<(), String> {
+    let node = node.to_string();
+    let cmd = match msg.kind {
+        Some(pb::agent_message::Kind::Report(r)) => {
+            let report = Report::try_from(r).map_err(|e| format!("bad report: {e}"))?;
+            Command::Report {
+                node,
+                conn,
+                report: Box::new(report),
+            }
+        }
+        Some(pb::agent_message::Kind::Renew(r)) => Command::Renew {
+            node,
+            conn,
+            csr_der: r.csr_der,
+        },
+        Some(pb::agent_message::Kind::OrderResult(result)) => {
+            Command::OrderResult { node, conn, result }
+        }
+        Some(pb::agent_message::Kind::Hello(_)) => {
+            return Err("a second hello on one stream".into());
+        }
+        None => return Err("an empty message".into()),
+    };
+    fleet.send(cmd).await.map_err(|s| s.message().to_string())
+}
+
+/// Who is calling an admin RPC: a uid on the local socket or an admin
+/// certificate. Node certificates are refused, and the refusal is logged.
+async fn admin_caller<T>(svc: &Services, req: &Request<T>) -> Result<String, Status> {
+    if let Some(info) = req.extensions().get::<UdsConnectInfo>() {
+        let uid = info
+            .peer_cred
+            .map(|c| c.uid().to_string())
+            .unwrap_or_else(|| "?".into());
+        return Ok(format!("uid:{uid}"));
+    }
+    match peer(req)? {
+        Some(PeerIdentity {
+            role: Role::Admin(user),
+            ..
+        }) => Ok(format!("admin:{user}")),
+        Some(PeerIdentity {
+            role: Role::Node(node),
+            ..
+        }) => {
+            let detail = format!("node certificate {node} called an admin RPC");
+            let _ = svc
+                .fleet
+                .send(Command::AdminRefused {
+                    actor: format!("node:{node}"),
+                    detail: detail.clone(),
+                })
+                .await;
+            Err(Status::permission_denied(format!(
+                "{detail}: node certificates may not administer the fleet"
+            )))
+        }
+        None => Err(Status::unauthenticated(
+            "admin RPCs need the local socket or an admin certificate",
+        )),
+    }
+}
+
+/// Converts a node's view to its wire form; `full` keeps the largest paths.
+fn node_status(v: NodeView, full: bool) -> pb::NodeStatus {
+    let report = v.report.map(|mut r: Report| {
+        if !full {
+            r.overlay.largest_paths.clear();
+        }
+        pb::Report::from(r)
+    });
+    pb::NodeStatus {
+        name: v.entry.name.to_string(),
+        state: pb::NodeState::from(v.state) as i32,
+        mac: v.entry.mac.to_string(),
+        ip: v.entry.ip.to_string(),
+        image: v.entry.image.clone(),
+        groups: v.entry.groups.clone(),
+        connected: v.connected,
+        last_seen_unix_ms: v.last_seen_ms,
+        cert_not_after_unix: v.cert_not_after,
+        assigned: None,
+        report,
+        enrollment_refused: v.enrollment_refused,
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Admin for Services {
+    type EventsStream = EventStream;
+
+    async fn status(
+        &self,
+        req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        admin_caller(self, &req).await?;
+        let set = req.into_inner().nodeset;
+        let names = if set.trim().is_empty() {
+            None
+        } else {
+            Some(
+                dfleet_provisioner::nodeset::expand(&set, 1_000_000)
+                    .map_err(|e| Status::invalid_argument(format!("node set {set:?}: {e}")))?,
+            )
+        };
+        let views = self
+            .fleet
+            .ask(|reply| Command::Status { names, reply })
+            .await?;
+        Ok(Response::new(pb::StatusResponse {
+            nodes: views.into_iter().map(|v| node_status(v, false)).collect(),
+            now_unix_ms: crate::fleet::now_ms(),
+        }))
+    }
+
+    async fn show_node(
+        &self,
+        req: Request<pb::ShowNodeRequest>,
+    ) -> Result<Response<pb::NodeStatus>, Status> {
+        admin_caller(self, &req).await?;
+        let node = req.into_inner().node;
+        let view = self
+            .fleet
+            .ask(|reply| Command::Show {
+                node: node.clone(),
+                reply,
+            })
+            .await?
+            .ok_or_else(|| Status::not_found(format!("{node} is not in the inventory")))?;
+        Ok(Response::new(node_status(view, true)))
+    }
+
+    async fn events(
+        &self,
+        req: Request<pb::EventsRequest>,
+    ) -> Result<Response<Self::EventsStream>, Status> {
+        admin_caller(self, &req).await?;
+        let r = req.into_inner();
+        let (head, mut live) = self.fleet.ask(|reply| Command::Subscribe { reply }).await?;
+        let mut after = r.after_id;
+        if after == 0 && r.last > 0 {
+            after = head.saturating_sub(u64::from(r.last));
+        }
+        let store = self.store.clone();
+        let fleet = self.fleet.clone();
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(async move {
+            // History first, from the store, up to the head at subscription;
+            // then live events, re-reading the store if this reader lagged.
+            let mut sent = after;
+            let mut upto = head;
+            loop {
+                while sent < upto {
+                    match store.events(sent, 1000).await {
+                        Ok(batch) if !batch.is_empty() => {
+                            for e in batch {
+                                if e.id > upto {
+                                    break;
+                                }
+                                sent = e.id;
+                                if tx.send(Ok(pb::Event::from(e))).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Ok(_) => break,
+                        Err(e) => {
+                            let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                            return;
+                        }
+                    }
+                }
+                if !r.follow {
+                    return;
+                }
+                match next_live(&mut live, &tx).await {
+                    Live::Event(e) => {
+                        if e.id > sent {
+                            sent = e.id;
+                            if tx.send(Ok(pb::Event::from(e))).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Live::Lagged => match fleet.ask(|reply| Command::Subscribe { reply }).await {
+                        Ok((h, rx)) => {
+                            upto = h;
+                            live = rx;
+                        }
+                        Err(_) => return,
+                    },
+                    Live::Done => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn pending(
+        &self,
+        req: Request<pb::PendingRequest>,
+    ) -> Result<Response<pb::PendingResponse>, Status> {
+        admin_caller(self, &req).await?;
+        let rows = self.fleet.ask(|reply| Command::Pending { reply }).await?;
+        Ok(Response::new(pb::PendingResponse {
+            entries: rows
+                .into_iter()
+                .map(|p| pb::PendingEntry {
+                    mac: p.mac,
+                    ip: p.ip,
+                    node: p.node,
+                    reason: if p.approved {
+                        format!("{} (approved)", p.reason)
+                    } else {
+                        p.reason
+                    },
+                    first_seen_unix_ms: p.first_seen_ms,
+                    last_seen_unix_ms: p.last_seen_ms,
+                    attempts: p.attempts,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn approve(
+        &self,
+        req: Request<pb::NodeRequest>,
+    ) -> Result<Response<pb::ActionResponse>, Status> {
+        let actor = admin_caller(self, &req).await?;
+        let node = req.into_inner().node;
+        let detail = self
+            .fleet
+            .ask(|reply| Command::Approve { node, actor, reply })
+            .await?
+            .map_err(Status::failed_precondition)?;
+        Ok(Response::new(pb::ActionResponse { detail }))
+    }
+
+    async fn rearm(
+        &self,
+        req: Request<pb::NodeRequest>,
+    ) -> Result<Response<pb::ActionResponse>, Status> {
+        let actor = admin_caller(self, &req).await?;
+        let node = req.into_inner().node;
+        let detail = self
+            .fleet
+            .ask(|reply| Command::Rearm { node, actor, reply })
+            .await?
+            .map_err(Status::failed_precondition)?;
+        Ok(Response::new(pb::ActionResponse { detail }))
+    }
+
+    async fn reload(
+        &self,
+        req: Request<pb::ReloadRequest>,
+    ) -> Result<Response<pb::ActionResponse>, Status> {
+        let actor = admin_caller(self, &req).await?;
+        let detail = reload(&self.fleet, &self.inventory_path, actor).await?;
+        Ok(Response::new(pb::ActionResponse { detail }))
+    }
+
+    async fn issue_admin_cert(
+        &self,
+        req: Request<pb::IssueAdminCertRequest>,
+    ) -> Result<Response<pb::IssueAdminCertResponse>, Status> {
+        let actor = admin_caller(self, &req).await?;
+        if req.extensions().get::<UdsConnectInfo>().is_none() {
+            return Err(Status::permission_denied(
+                "admin certificates are issued over the local socket only",
+            ));
+        }
+        let r = req.into_inner();
+        if r.user.is_empty()
+            || !r
+                .user
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(Status::invalid_argument(format!(
+                "invalid user name {:?}",
+                r.user
+            )));
+        }
+        let issued = self
+            .fleet
+            .ask(|reply| Command::IssueAdminCert {
+                user: r.user,
+                csr_der: r.csr_der,
+                actor,
+                reply,
+            })
+            .await?
+            .map_err(Status::invalid_argument)?;
+        let ca_der = self.ca_der.clone();
+        Ok(Response::new(pb::IssueAdminCertResponse {
+            cert_der: issued.der,
+            ca_der,
+            not_after_unix: issued.not_after_unix,
+        }))
+    }
+}
+
+enum Live {
+    Event(Event),
+    Lagged,
+    Done,
+}
+
+async fn next_live(
+    live: &mut broadcast::Receiver<Event>,
+    tx: &mpsc::Sender<Result<pb::Event, Status>>,
+) -> Live {
+    tokio::select! {
+        e = live.recv() => match e {
+            Ok(e) => Live::Event(e),
+            Err(broadcast::error::RecvError::Lagged(_)) => Live::Lagged,
+            Err(broadcast::error::RecvError::Closed) => Live::Done,
+        },
+        // The reader went away.
+        _ = tx.closed() => Live::Done,
+    }
+}
+
+/// Re-reads the inventory and hands it to the fleet task; an invalid file is
+/// reported with every problem and changes nothing.
+pub async fn reload(
+    fleet: &FleetHandle,
+    path: &std::path::Path,
+    actor: String,
+) -> Result<String, Status> {
+    let p = path.to_path_buf();
+    let inv =
+        tokio::task::spawn_blocking(move || dfleet_provisioner::inventory::Inventory::load(&p))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| {
+                Status::invalid_argument(format!("the inventory was not reloaded:\n{e}"))
+            })?;
+    fleet
+        .ask(|reply| Command::Inventory {
+            inventory: Box::new(inv),
+            actor,
+            reply,
+        })
+        .await
+}

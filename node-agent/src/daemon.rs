@@ -1,0 +1,390 @@
+//! The agent's life: enroll once per boot, hold one stream to the coordinator,
+//! report on a jittered interval (and at once when the overlay moves), answer
+//! orders, renew the certificate at two thirds of its life, and come back
+//! with capped, jittered backoff whenever the coordinator goes away.
+
+use std::future::Future;
+use std::time::Duration;
+
+use dfleet_proto::domain::{GenerationRef, Report};
+use dfleet_proto::pb;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep, sleep_until};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::collect::Collector;
+use crate::config::{FileConfig, backoff, jittered};
+use crate::link::{Coordinator, Credentials, LinkError, error_chain, new_key_and_csr, unix_now};
+use crate::os::HostRoot;
+
+/// The longest wait between two attempts to reach the coordinator.
+const BACKOFF_CAP: Duration = Duration::from_secs(60);
+/// How often the cheap overlay usage probe runs between full reports.
+const CHANGE_POLL: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(
+        "no coordinator address: set `coordinator` in the agent's config or boot with dfleet.coordinator=HOST:PORT"
+    )]
+    NoCoordinator,
+    #[error("reading the cluster CA certificate {path}: {source}")]
+    Ca {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Link(#[from] LinkError),
+}
+
+/// Why a session with the coordinator ended.
+enum End {
+    Shutdown,
+    /// The certificate is no good any more: enroll again.
+    Reenroll(String),
+    /// The connection failed; retry with backoff.
+    Lost(String),
+}
+
+/// Logs the coordinator's unreachability once, not once per retry.
+#[derive(Default)]
+struct Reachability {
+    failures: u32,
+    last: String,
+}
+
+impl Reachability {
+    fn failed(&mut self, what: &str, why: &str) {
+        self.failures += 1;
+        if self.failures == 1 || why != self.last {
+            tracing::warn!(
+                "{what}: {why} (retrying with backoff; logged again only when the reason changes)"
+            );
+            self.last = why.to_string();
+        }
+    }
+
+    fn ok(&mut self) {
+        if self.failures > 0 {
+            tracing::info!(
+                attempts = self.failures,
+                "the coordinator is reachable again"
+            );
+        }
+        self.failures = 0;
+        self.last.clear();
+    }
+
+    fn delay(&self) -> Duration {
+        backoff(
+            self.failures.saturating_sub(1),
+            BACKOFF_CAP,
+            fastrand::f64(),
+        )
+    }
+}
+
+/// The running agent.
+pub struct Agent {
+    cfg: FileConfig,
+    host: HostRoot,
+    collector: Collector,
+    coordinator: Coordinator,
+    assigned: Option<GenerationRef>,
+    report_interval: Duration,
+    change_bytes: u64,
+}
+
+impl Agent {
+    pub fn new(cfg: FileConfig, collector: Collector) -> Result<Agent, AgentError> {
+        let host = HostRoot::new(cfg.root.clone());
+        let addr = match &cfg.coordinator {
+            Some(a) => a.clone(),
+            None => crate::parse::cmdline::parse(
+                &host.read_to_string("/proc/cmdline").unwrap_or_default(),
+            )
+            .ok()
+            .and_then(|c| c.coordinator)
+            .ok_or(AgentError::NoCoordinator)?,
+        };
+        let ca_pem = std::fs::read(&cfg.ca_cert).map_err(|source| AgentError::Ca {
+            path: cfg.ca_cert.clone(),
+            source,
+        })?;
+        let coordinator = Coordinator {
+            addr,
+            server_name: cfg.server_name.clone(),
+            ca_pem,
+            bind: cfg.bind,
+        };
+        Ok(Agent {
+            cfg,
+            host,
+            collector,
+            coordinator,
+            assigned: None,
+            report_interval: Duration::from_secs(10),
+            change_bytes: 16 << 20,
+        })
+    }
+
+    /// Runs until `shutdown` resolves. Never fails because the coordinator is
+    /// unreachable: it keeps trying.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+        tokio::pin!(shutdown);
+        let first = self.collector.collect(None).await;
+        let mac = first
+            .identity
+            .boot_mac
+            .map(|m| m.to_string())
+            .unwrap_or_default();
+        let boot_id = first.identity.boot_id.clone();
+        tracing::info!(coordinator = %self.coordinator.addr, mac, boot_id, "dfleet-agent starting");
+        let mut reach = Reachability::default();
+        loop {
+            let creds = match Credentials::load(&self.cfg.state_dir, &boot_id) {
+                Some(c) => c,
+                None => tokio::select! {
+                    c = self.enroll(&mac, &boot_id, &mut reach) => c?,
+                    _ = &mut shutdown => return Ok(()),
+                },
+            };
+            match self
+                .session(creds, &mac, &boot_id, &mut reach, &mut shutdown)
+                .await
+            {
+                End::Shutdown => return Ok(()),
+                End::Reenroll(why) => {
+                    tracing::warn!(
+                        reason = why,
+                        "the coordinator no longer accepts this certificate; enrolling again"
+                    );
+                    let _ = std::fs::remove_file(self.cfg.state_dir.join("node.meta"));
+                    reach.failed("enrollment", &why);
+                }
+                End::Lost(why) => reach.failed("coordinator unreachable", &why),
+            }
+            tokio::select! {
+                _ = sleep(reach.delay()) => {}
+                _ = &mut shutdown => return Ok(()),
+            }
+        }
+    }
+
+    /// Enrolls until it gets a certificate, retrying with backoff.
+    async fn enroll(
+        &self,
+        mac: &str,
+        boot_id: &str,
+        reach: &mut Reachability,
+    ) -> Result<Credentials, AgentError> {
+        let (key, csr) = new_key_and_csr()?;
+        let mut waiting_logged = false;
+        loop {
+            match self.coordinator.enroll(&key, &csr, mac, boot_id).await {
+                Ok(Ok(creds)) => {
+                    reach.ok();
+                    creds.save(&self.cfg.state_dir, boot_id)?;
+                    tracing::info!(node = creds.node, "enrolled");
+                    return Ok(creds);
+                }
+                Ok(Err((reason, retry))) => {
+                    reach.ok();
+                    if !waiting_logged {
+                        tracing::info!(%reason, "enrollment pending");
+                        waiting_logged = true;
+                    }
+                    sleep(retry).await;
+                    continue;
+                }
+                Err(e) => reach.failed("enrollment", &e.to_string()),
+            }
+            sleep(reach.delay()).await;
+        }
+    }
+
+    async fn report(&mut self) -> Report {
+        self.collector.collect(self.assigned.as_ref()).await
+    }
+
+    async fn session(
+        &mut self,
+        mut creds: Credentials,
+        mac: &str,
+        boot_id: &str,
+        reach: &mut Reachability,
+        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> End {
+        let channel = match self.coordinator.channel(Some(&creds), false).await {
+            Ok(c) => c,
+            Err(e) => return End::Lost(e.to_string()),
+        };
+        let (tx, rx) = mpsc::channel::<pb::AgentMessage>(16);
+        let send = |kind| pb::AgentMessage { kind: Some(kind) };
+        let hello = pb::Hello {
+            node: creds.node.clone(),
+            mac: mac.to_string(),
+            boot_id: boot_id.to_string(),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            protocol: dfleet_proto::PROTOCOL_REVISION,
+        };
+        let _ = tx.send(send(pb::agent_message::Kind::Hello(hello))).await;
+        let mut client = pb::agent_client::AgentClient::new(channel);
+        let mut inbound = match client.connect(ReceiverStream::new(rx)).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => return ended(&s),
+        };
+        match inbound.message().await {
+            Ok(Some(pb::CoordinatorMessage {
+                kind: Some(pb::coordinator_message::Kind::Welcome(w)),
+            })) => {
+                self.assigned = w.assigned.and_then(|g| g.try_into().ok());
+                self.report_interval =
+                    Duration::from_secs(u64::from(w.report_interval_seconds.max(1)));
+                self.change_bytes = w.report_change_bytes.max(1);
+            }
+            Ok(_) => return End::Lost("the coordinator did not welcome the stream".into()),
+            Err(s) => return ended(&s),
+        }
+        reach.ok();
+        tracing::info!(node = creds.node, "connected to the coordinator");
+
+        let mut last_used = None;
+        let mut next_report = Instant::now();
+        let mut next_poll = Instant::now() + CHANGE_POLL;
+        let mut renew_at = instant_at(creds.renew_at_unix());
+        let mut pending_key: Option<rcgen::KeyPair> = None;
+        loop {
+            tokio::select! {
+                _ = shutdown.as_mut() => return End::Shutdown,
+                _ = sleep_until(next_report) => {
+                    let report = self.report().await;
+                    last_used = Some(report.overlay.used_bytes);
+                    if tx.send(send(pb::agent_message::Kind::Report(report.into()))).await.is_err() {
+                        return End::Lost("the stream closed".into());
+                    }
+                    next_report = Instant::now() + jittered(self.report_interval, fastrand::f64());
+                }
+                _ = sleep_until(next_poll) => {
+                    next_poll = Instant::now() + CHANGE_POLL;
+                    if let (Some(before), Some(now)) = (last_used, self.collector.upper_used_bytes())
+                        && now.abs_diff(before) > self.change_bytes {
+                            next_report = Instant::now();
+                        }
+                }
+                _ = sleep_until(renew_at) => {
+                    match new_key_and_csr() {
+                        Ok((key, csr)) => {
+                            pending_key = Some(key);
+                            let _ = tx.send(send(pb::agent_message::Kind::Renew(pb::RenewRequest { csr_der: csr }))).await;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "making a renewal request"),
+                    }
+                    // If no answer comes, ask again in a while.
+                    renew_at = Instant::now() + Duration::from_secs(((creds.not_after_unix - unix_now()) / 6).clamp(1, 300) as u64);
+                }
+                msg = inbound.message() => {
+                    let msg = match msg {
+                        Ok(Some(m)) => m,
+                        Ok(None) => return End::Lost("the coordinator closed the stream".into()),
+                        Err(s) => return ended(&s),
+                    };
+                    match msg.kind {
+                        Some(pb::coordinator_message::Kind::Renewed(r)) => {
+                            let Some(key) = pending_key.take() else { continue };
+                            creds = Credentials {
+                                node: creds.node.clone(),
+                                key_pem: key.serialize_pem(),
+                                cert_der: r.cert_der,
+                                not_after_unix: r.not_after_unix,
+                                issued_at_unix: unix_now(),
+                            };
+                            if let Err(e) = creds.save(&self.cfg.state_dir, boot_id) {
+                                tracing::warn!(error = %e, "keeping the renewed certificate");
+                            }
+                            renew_at = instant_at(creds.renew_at_unix());
+                            tracing::debug!(not_after = creds.not_after_unix, "certificate renewed");
+                        }
+                        Some(pb::coordinator_message::Kind::Order(order)) => {
+                            let result = self.obey(&creds.node, order, &mut next_report).await;
+                            if let Some(result) = result {
+                                let _ = tx.send(send(pb::agent_message::Kind::OrderResult(result))).await;
+                            }
+                        }
+                        Some(pb::coordinator_message::Kind::Welcome(_)) | None => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Carries out one order from the coordinator's stream.
+    async fn obey(
+        &mut self,
+        node: &str,
+        order: pb::Order,
+        next_report: &mut Instant,
+    ) -> Option<pb::OrderResult> {
+        let result = |ok: bool, detail: String| pb::OrderResult {
+            order_id: order.id,
+            ok,
+            detail,
+        };
+        match order.kind? {
+            pb::order::Kind::Refresh(_) => {
+                *next_report = Instant::now();
+                Some(result(true, "report sent".into()))
+            }
+            pb::order::Kind::Assign(a) => {
+                self.assigned = a.assigned.and_then(|g| g.try_into().ok());
+                *next_report = Instant::now();
+                Some(result(true, "assignment noted".into()))
+            }
+            pb::order::Kind::Reboot(r) => {
+                // The agent reboots only on an order that names this node and
+                // the generation it is expected to come back on.
+                let target: Option<GenerationRef> = r.target.and_then(|g| g.try_into().ok());
+                if r.node != node {
+                    return Some(result(
+                        false,
+                        format!("refused: the order names {}, this is {node}", r.node),
+                    ));
+                }
+                let Some(target) = target else {
+                    return Some(result(
+                        false,
+                        "refused: the order names no target generation".into(),
+                    ));
+                };
+                tracing::warn!(%target, "rebooting on the coordinator's order");
+                let argv = self.cfg.reboot_command.clone();
+                let outcome = self.host.run_command(&argv, Duration::from_secs(30)).await;
+                Some(result(
+                    outcome.success(),
+                    format!("reboot towards {target}: {}", outcome.summary()),
+                ))
+            }
+        }
+    }
+}
+
+/// A tokio instant for a wall-clock time in Unix seconds.
+fn instant_at(unix: i64) -> Instant {
+    let delta = unix - unix_now();
+    Instant::now() + Duration::from_secs(delta.max(0) as u64)
+}
+
+fn ended(s: &tonic::Status) -> End {
+    let why = if s.message().is_empty() {
+        format!("{:?}", s.code())
+    } else {
+        s.message().to_string()
+    };
+    match s.code() {
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => End::Reenroll(why),
+        _ => End::Lost(match std::error::Error::source(s) {
+            Some(src) => format!("{why}: {}", error_chain(src)),
+            None => why,
+        }),
+    }
+}

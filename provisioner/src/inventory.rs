@@ -1,0 +1,281 @@
+//! The cluster inventory (`cluster.toml`): its validated form and the parser that reports every problem at once.
+//!
+//! The file is read into a span-preserving TOML document and walked by hand instead of through
+//! `#[serde(deny_unknown_fields)]`, because serde stops at the first problem and loses line
+//! numbers, while an operator fixing a 2,000-node inventory wants every mistake, with its line, in
+//! one run.
+
+mod doc;
+mod nodes;
+mod sections;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dfleet_proto::domain::{MacAddr, NodeName};
+
+use self::doc::{Ctx, LineIndex};
+
+/// The most nodes one `[[nodes]]` entry may expand to; more is a typo, not a cluster.
+pub const MAX_NODES_PER_ENTRY: usize = 100_000;
+/// The most nodes a whole inventory may list.
+pub const MAX_NODES_TOTAL: usize = 100_000;
+
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/dfleet/admin.sock";
+pub const DEFAULT_ADMIN_GROUP: &str = "dfleet-admin";
+pub const DEFAULT_COORDINATOR_NAME: &str = "dfleet-coordinator";
+pub const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A validated inventory: the cluster's settings and every node, ranges expanded.
+#[derive(Debug, Clone)]
+pub struct Inventory {
+    /// The file this inventory was read from, as given to [`Inventory::load`] or [`Inventory::parse`].
+    pub path: PathBuf,
+    pub cluster: ClusterConfig,
+    pub enrollment: EnrollmentConfig,
+    pub health: HealthConfig,
+    pub checks: Vec<CheckCommand>,
+    /// Every node in file order, each range expanded in its own order.
+    pub nodes: Vec<NodeEntry>,
+    by_name: HashMap<String, usize>,
+    by_mac: HashMap<MacAddr, usize>,
+}
+
+/// The `[cluster]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub name: String,
+    pub state_dir: PathBuf,
+    /// gRPC (TLS) listen addresses; never empty.
+    pub listen: Vec<SocketAddr>,
+    /// `None` means no metrics listener.
+    pub metrics_listen: Option<SocketAddr>,
+    pub admin_socket: PathBuf,
+    pub admin_group: String,
+    /// The TLS server name agents verify.
+    pub coordinator_name: String,
+    /// How often agents report; sent to them.
+    pub report_interval: Duration,
+}
+
+/// Whether enrollment requests from nodes in the inventory are approved without an operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EnrollmentPolicy {
+    #[default]
+    Inventory,
+    Manual,
+}
+
+/// The `[enrollment]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrollmentConfig {
+    pub policy: EnrollmentPolicy,
+    pub cert_lifetime: Duration,
+    /// Token bucket refill rate for enrollment requests.
+    pub rate_per_second: u32,
+    pub burst: u32,
+    pub pending_max: usize,
+}
+
+impl Default for EnrollmentConfig {
+    fn default() -> Self {
+        EnrollmentConfig {
+            policy: EnrollmentPolicy::Inventory,
+            cert_lifetime: Duration::from_secs(24 * 3600),
+            rate_per_second: 50,
+            burst: 200,
+            pending_max: 1024,
+        }
+    }
+}
+
+/// The `[health]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    pub stale_after: Duration,
+    /// Always longer than `stale_after`.
+    pub lost_after: Duration,
+    /// In 1..=100.
+    pub overlay_used_warn_percent: u8,
+    pub overlay_time_to_full_warn: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            stale_after: Duration::from_secs(30),
+            lost_after: Duration::from_secs(120),
+            overlay_used_warn_percent: 80,
+            overlay_time_to_full_warn: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// One `[[checks]]` entry: a readiness command agents may be told to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckCommand {
+    pub name: String,
+    /// Program and arguments; never empty.
+    pub command: Vec<String>,
+    pub timeout: Duration,
+}
+
+/// One node, after range expansion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeEntry {
+    pub name: NodeName,
+    pub mac: MacAddr,
+    pub ip: Ipv4Addr,
+    pub image: String,
+    pub groups: Vec<String>,
+    /// The line of the entry's `name` key in the inventory file (1-based).
+    pub line: usize,
+}
+
+/// Everything wrong with an inventory, in file order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", render_problems(.problems))]
+pub struct InventoryError {
+    pub problems: Vec<Problem>,
+}
+
+/// One problem, located by file, line and field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The inventory, or the MAC file the problem is in.
+    pub file: PathBuf,
+    /// 1-based; 0 when the problem has no line (a missing table, an unreadable file).
+    pub line: usize,
+    /// Where in the document, e.g. `nodes[3].mac`; empty for TOML syntax errors.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if self.line > 0 {
+            write!(f, ":{}", self.line)?;
+        }
+        if !self.field.is_empty() {
+            write!(f, ": {}", self.field)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+fn render_problems(problems: &[Problem]) -> String {
+    let lines: Vec<String> = problems.iter().map(Problem::to_string).collect();
+    lines.join("\n")
+}
+
+impl Inventory {
+    /// Reads and validates the inventory at `path`, and the MAC files it names.
+    pub fn load(path: &Path) -> Result<Inventory, InventoryError> {
+        let text = std::fs::read_to_string(path).map_err(|err| InventoryError {
+            problems: vec![Problem {
+                file: path.to_path_buf(),
+                line: 0,
+                field: String::new(),
+                message: format!("cannot read the inventory: {err}"),
+            }],
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Validates inventory `text` that was read from `path`.
+    ///
+    /// `path` names the file in problems, and MAC files (`mac_file`) are read relative to its
+    /// directory.
+    pub fn parse(text: &str, path: &Path) -> Result<Inventory, InventoryError> {
+        Self::parse_with(text, path, &mut |p| std::fs::read_to_string(p))
+    }
+
+    /// [`Inventory::parse`] with MAC files read through `read_file`, so tests and callers that
+    /// hold files elsewhere can supply them.
+    pub fn parse_with(
+        text: &str,
+        path: &Path,
+        read_file: &mut dyn FnMut(&Path) -> io::Result<String>,
+    ) -> Result<Inventory, InventoryError> {
+        let mut ctx = Ctx::new(path, LineIndex::new(text));
+        let root = match doc::parse_document(&mut ctx, text) {
+            Some(root) => root,
+            None => return Err(ctx.into_error()),
+        };
+        let root = doc::Table::root(&root);
+        root.check_keys(
+            &mut ctx,
+            &["cluster", "enrollment", "health", "checks", "nodes"],
+        );
+        let cluster = sections::cluster(&mut ctx, &root);
+        let enrollment = sections::enrollment(&mut ctx, &root);
+        let health = sections::health(&mut ctx, &root);
+        let checks = sections::checks(&mut ctx, &root);
+        let nodes = nodes::nodes(&mut ctx, &root, read_file);
+        match cluster {
+            Some(cluster) if !ctx.has_problems() => Ok(Inventory::new(
+                path.to_path_buf(),
+                cluster,
+                enrollment,
+                health,
+                checks,
+                nodes,
+            )),
+            _ => Err(ctx.into_error()),
+        }
+    }
+
+    fn new(
+        path: PathBuf,
+        cluster: ClusterConfig,
+        enrollment: EnrollmentConfig,
+        health: HealthConfig,
+        checks: Vec<CheckCommand>,
+        nodes: Vec<NodeEntry>,
+    ) -> Inventory {
+        let by_name = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.name.as_str().to_string(), i))
+            .collect();
+        let by_mac = nodes.iter().enumerate().map(|(i, n)| (n.mac, i)).collect();
+        Inventory {
+            path,
+            cluster,
+            enrollment,
+            health,
+            checks,
+            nodes,
+            by_name,
+            by_mac,
+        }
+    }
+
+    /// The node called `name`, if the inventory lists it.
+    ///
+    /// Lookups go through indices built when the inventory was parsed. `nodes` is public, so a
+    /// caller could change it afterwards; a stale index hit is then answered by a scan instead of
+    /// with the wrong node.
+    pub fn node(&self, name: &str) -> Option<&NodeEntry> {
+        match self.by_name.get(name).map(|&i| self.nodes.get(i)) {
+            Some(Some(node)) if node.name.as_str() == name => Some(node),
+            Some(_) => self.nodes.iter().find(|n| n.name.as_str() == name),
+            None => None,
+        }
+    }
+
+    /// The node whose boot interface has `mac`, if the inventory lists one.
+    pub fn node_by_mac(&self, mac: &MacAddr) -> Option<&NodeEntry> {
+        match self.by_mac.get(mac).map(|&i| self.nodes.get(i)) {
+            Some(Some(node)) if node.mac == *mac => Some(node),
+            Some(_) => self.nodes.iter().find(|n| n.mac == *mac),
+            None => None,
+        }
+    }
+}

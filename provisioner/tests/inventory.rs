@@ -1,0 +1,788 @@
+//! Inventory parsing and validation through the public API: every rule's problem names its file, line and field.
+
+use std::fmt::Write as _;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dfleet_proto::domain::MacAddr;
+use dfleet_provisioner::inventory::{
+    CheckCommand, ClusterConfig, EnrollmentConfig, EnrollmentPolicy, HealthConfig, Inventory,
+};
+
+/// A valid `[cluster]` table of four lines: text appended to it starts at line 5.
+const BASE: &str = "[cluster]
+name = \"demo\"
+state_dir = \"/var/lib/dfleet\"
+listen = [\"0.0.0.0:7443\"]
+";
+
+fn parse(text: &str) -> Result<Inventory, Vec<String>> {
+    Inventory::parse(text, Path::new("cluster.toml"))
+        .map_err(|e| e.problems.iter().map(ToString::to_string).collect())
+}
+
+fn problems(text: &str) -> Vec<String> {
+    match parse(text) {
+        Ok(_) => panic!("expected problems in:\n{text}"),
+        Err(problems) => problems,
+    }
+}
+
+fn mac(text: &str) -> MacAddr {
+    text.parse().unwrap()
+}
+
+#[test]
+fn the_fixture_uses_every_feature_and_loads() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cluster.toml");
+    let inv = Inventory::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(inv.path, path);
+    assert_eq!(
+        inv.cluster,
+        ClusterConfig {
+            name: "demo".into(),
+            state_dir: "/var/lib/dfleet".into(),
+            listen: vec![
+                "0.0.0.0:7443".parse::<SocketAddr>().unwrap(),
+                "[::]:7443".parse().unwrap()
+            ],
+            metrics_listen: Some("127.0.0.1:9464".parse().unwrap()),
+            admin_socket: "/run/dfleet/admin.sock".into(),
+            admin_group: "dfleet-admin".into(),
+            coordinator_name: "dfleet-coordinator.cluster.example".into(),
+            report_interval: Duration::from_secs(15),
+        }
+    );
+    assert_eq!(
+        inv.enrollment,
+        EnrollmentConfig {
+            policy: EnrollmentPolicy::Manual,
+            cert_lifetime: Duration::from_secs(12 * 3600),
+            rate_per_second: 20,
+            burst: 100,
+            pending_max: 512,
+        }
+    );
+    assert_eq!(
+        inv.health,
+        HealthConfig {
+            stale_after: Duration::from_secs(45),
+            lost_after: Duration::from_secs(180),
+            overlay_used_warn_percent: 90,
+            overlay_time_to_full_warn: Duration::from_secs(1800),
+        }
+    );
+    assert_eq!(
+        inv.checks,
+        vec![
+            CheckCommand {
+                name: "slurmd".into(),
+                command: vec!["systemctl".into(), "is-active".into(), "slurmd".into()],
+                timeout: Duration::from_secs(5),
+            },
+            CheckCommand {
+                name: "nhc".into(),
+                command: vec!["/usr/sbin/nhc".into(), "-t".into(), "60".into()],
+                timeout: Duration::from_secs(90),
+            },
+        ]
+    );
+    let summary: Vec<String> = inv
+        .nodes
+        .iter()
+        .map(|n| {
+            format!(
+                "{} {} {} {} {} {}",
+                n.name,
+                n.mac,
+                n.ip,
+                n.image,
+                n.groups.join("+"),
+                n.line
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            "login1 52:54:00:00:00:01 10.0.0.1 login login 36",
+            "cn01 52:54:00:00:01:01 10.0.1.1 compute compute+rack1 43",
+            "cn02 52:54:00:00:01:02 10.0.1.2 compute compute+rack1 43",
+            "cn03 52:54:00:00:01:03 10.0.1.3 compute compute+rack1 43",
+            "cn04 52:54:00:00:01:04 10.0.1.4 compute compute+rack1 43",
+            "gpu1 52:54:00:00:02:01 10.0.2.10 compute-gpu compute+gpu 55",
+            "gpu2 52:54:00:00:02:0a 10.0.2.11 compute-gpu compute+gpu 55",
+            "gpu5 52:54:00:00:02:05 10.0.2.12 compute-gpu compute+gpu 55",
+            "rack1-sw1 52:54:00:00:03:01 10.0.3.1 switch-agent  62",
+            "rack1-sw2 52:54:00:00:03:02 10.0.3.2 switch-agent  62",
+            "rack2-sw1 52:54:00:00:03:03 10.0.3.3 switch-agent  62",
+            "rack2-sw2 52:54:00:00:03:04 10.0.3.4 switch-agent  62",
+        ]
+    );
+    assert_eq!(inv.node("gpu5").unwrap().ip, Ipv4Addr::new(10, 0, 2, 12));
+    assert_eq!(
+        inv.node_by_mac(&mac("52-54-00-00-02-0A"))
+            .unwrap()
+            .name
+            .as_str(),
+        "gpu2"
+    );
+    assert!(inv.node("gpu3").is_none());
+    assert!(inv.node_by_mac(&mac("52:54:00:00:09:09")).is_none());
+}
+
+#[test]
+fn absent_optional_tables_and_keys_take_their_defaults() {
+    let inv = parse(BASE).unwrap();
+    assert_eq!(inv.cluster.metrics_listen, None);
+    assert_eq!(
+        inv.cluster.admin_socket,
+        PathBuf::from("/run/dfleet/admin.sock")
+    );
+    assert_eq!(inv.cluster.admin_group, "dfleet-admin");
+    assert_eq!(inv.cluster.coordinator_name, "dfleet-coordinator");
+    assert_eq!(inv.cluster.report_interval, Duration::from_secs(10));
+    assert_eq!(inv.enrollment.policy, EnrollmentPolicy::Inventory);
+    assert_eq!(inv.enrollment.cert_lifetime, Duration::from_secs(86_400));
+    assert_eq!(
+        (
+            inv.enrollment.rate_per_second,
+            inv.enrollment.burst,
+            inv.enrollment.pending_max
+        ),
+        (50, 200, 1024)
+    );
+    assert_eq!(inv.health.stale_after, Duration::from_secs(30));
+    assert_eq!(inv.health.lost_after, Duration::from_secs(120));
+    assert_eq!(inv.health.overlay_used_warn_percent, 80);
+    assert_eq!(
+        inv.health.overlay_time_to_full_warn,
+        Duration::from_secs(3600)
+    );
+    assert!(inv.checks.is_empty());
+    assert!(inv.nodes.is_empty());
+}
+
+#[test]
+fn every_unknown_key_is_reported_with_its_line() {
+    let text = format!(
+        r#"{BASE}nmae = "x"
+[enrollment]
+polcy = "manual"
+[health]
+stale = "1s"
+[[checks]]
+name = "a"
+command = ["true"]
+cmd = "x"
+[[nodes]]
+name = "login1"
+mac = "52:54:00:00:00:01"
+ip = "10.0.0.1"
+image = "compute"
+group = ["login"]
+[foo]
+"#
+    );
+    assert_eq!(
+        problems(&text),
+        [
+            "cluster.toml:5: cluster.nmae: unknown key `nmae`; expected one of: name, state_dir, \
+             listen, metrics_listen, admin_socket, admin_group, coordinator_name, report_interval",
+            "cluster.toml:7: enrollment.polcy: unknown key `polcy`; expected one of: policy, \
+             cert_lifetime, rate_per_second, burst, pending_max",
+            "cluster.toml:9: health.stale: unknown key `stale`; expected one of: stale_after, \
+             lost_after, overlay_used_warn_percent, overlay_time_to_full_warn",
+            "cluster.toml:13: checks[0].cmd: unknown key `cmd`; expected one of: name, command, \
+             timeout",
+            "cluster.toml:19: nodes[0].group: unknown key `group`; expected one of: name, mac, \
+             macs, mac_file, ip, image, groups",
+            "cluster.toml:20: foo: unknown key `foo`; expected one of: cluster, enrollment, \
+             health, checks, nodes",
+        ]
+    );
+}
+
+#[test]
+fn missing_required_keys_are_reported_at_their_table() {
+    let text = r#"[cluster]
+name = "demo"
+[[nodes]]
+name = "login1"
+mac = "52:54:00:00:00:01"
+"#;
+    assert_eq!(
+        problems(text),
+        [
+            "cluster.toml:1: cluster.state_dir: missing required key `state_dir`",
+            "cluster.toml:1: cluster.listen: missing required key `listen`",
+            "cluster.toml:3: nodes[0].ip: missing required key `ip`",
+            "cluster.toml:3: nodes[0].image: missing required key `image`",
+        ]
+    );
+}
+
+#[test]
+fn a_missing_cluster_table_has_no_line() {
+    assert_eq!(
+        problems("[health]\nstale_after = \"10s\"\n"),
+        ["cluster.toml: cluster: missing required table [cluster]"]
+    );
+}
+
+#[test]
+fn wrong_types_are_reported() {
+    let text = format!(
+        "{BASE}admin_group = 5\n[enrollment]\nrate_per_second = \"fast\"\n[nodes]\nname = \"x\"\n"
+    );
+    assert_eq!(
+        problems(&text),
+        [
+            "cluster.toml:5: cluster.admin_group: expected a string, found integer",
+            "cluster.toml:7: enrollment.rate_per_second: expected an integer, found string",
+            "cluster.toml:8: nodes: expected an array of tables [[nodes]], found table",
+        ]
+    );
+}
+
+#[test]
+fn malformed_values_are_all_reported_at_once() {
+    let text = r#"[cluster]
+name = "demo"
+state_dir = "var/lib/dfleet"
+listen = ["0.0.0.0", "127.0.0.1:7443", 7443]
+metrics_listen = "localhost:9464"
+report_interval = "10 seconds"
+[enrollment]
+policy = "auto"
+cert_lifetime = "31d"
+rate_per_second = "fast"
+burst = 0
+[health]
+stale_after = "2m"
+lost_after = "1m"
+overlay_used_warn_percent = 101
+[[nodes]]
+name = "CN01"
+mac = "52:54:00:00:00:0g"
+ip = "10.0.0.256"
+image = "compute"
+"#;
+    assert_eq!(
+        problems(text),
+        [
+            "cluster.toml:3: cluster.state_dir: expected an absolute path, found \"var/lib/dfleet\"",
+            "cluster.toml:4: cluster.listen[0]: malformed socket address \"0.0.0.0\": expected \
+             IP:PORT, e.g. \"0.0.0.0:7443\"",
+            "cluster.toml:4: cluster.listen[2]: expected a string, found integer",
+            "cluster.toml:5: cluster.metrics_listen: malformed socket address \"localhost:9464\": \
+             expected IP:PORT, e.g. \"0.0.0.0:7443\"",
+            "cluster.toml:6: cluster.report_interval: malformed duration \"10 seconds\": unknown \
+             unit \" seconds\", expected one of ms, s, m, h, d",
+            "cluster.toml:8: enrollment.policy: unknown enrollment policy \"auto\": expected \
+             \"inventory\" or \"manual\"",
+            "cluster.toml:9: enrollment.cert_lifetime: must be between 1s and 30d, found \"31d\"",
+            "cluster.toml:10: enrollment.rate_per_second: expected an integer, found string",
+            "cluster.toml:11: enrollment.burst: must be between 1 and 1000000, found 0",
+            "cluster.toml:14: health.lost_after: lost_after (1m) must be longer than stale_after \
+             (2m)",
+            "cluster.toml:15: health.overlay_used_warn_percent: must be between 1 and 100, found \
+             101",
+            "cluster.toml:17: nodes[0].name: invalid node name \"CN01\": only lowercase letters, \
+             digits and '-' are allowed",
+            "cluster.toml:18: nodes[0].mac: malformed MAC address \"52:54:00:00:00:0g\": expected \
+             six hex octets separated by ':' or '-'",
+            "cluster.toml:19: nodes[0].ip: malformed IPv4 address \"10.0.0.256\": expected e.g. \
+             \"10.0.0.1\"",
+        ]
+    );
+}
+
+#[test]
+fn an_empty_listen_list_is_refused() {
+    let text = "[cluster]\nname = \"demo\"\nstate_dir = \"/srv\"\nlisten = []\n";
+    assert_eq!(
+        problems(text),
+        ["cluster.toml:4: cluster.listen: at least one listen address is required"]
+    );
+}
+
+#[test]
+fn lost_after_must_exceed_the_default_stale_after() {
+    let text = format!("{BASE}[health]\nlost_after = \"30s\"\n");
+    assert_eq!(
+        problems(&text),
+        [
+            "cluster.toml:6: health.lost_after: lost_after (30s) must be longer than stale_after (30s)"
+        ]
+    );
+}
+
+#[test]
+fn check_commands_are_validated() {
+    let text = format!(
+        r#"{BASE}[[checks]]
+name = "slurmd"
+command = []
+[[checks]]
+name = "slurmd"
+command = ["true"]
+timeout = "0s"
+[[checks]]
+command = ["true", 1]
+"#
+    );
+    assert_eq!(
+        problems(&text),
+        [
+            "cluster.toml:7: checks[0].command: must name at least the program to run",
+            "cluster.toml:9: checks[1].name: duplicate check name \"slurmd\" (first used at line 6)",
+            "cluster.toml:11: checks[1].timeout: must be at least 1ms, found \"0s\"",
+            "cluster.toml:12: checks[2].name: missing required key `name`",
+            "cluster.toml:13: checks[2].command[1]: expected a string, found integer",
+        ]
+    );
+}
+
+#[test]
+fn duplicate_names_macs_and_ips_name_the_first_use() {
+    let text = format!(
+        r#"{BASE}[[nodes]]
+name = "cn0001"
+mac = "52:54:00:00:00:01"
+ip = "10.0.0.1"
+image = "compute"
+[[nodes]]
+name = "cn[0001-0002]"
+macs = ["52:54:00:00:00:0A", "52-54-00-00-00-01"]
+ip = "10.0.0.1"
+image = "compute"
+[[nodes]]
+name = "login1"
+mac = "52:54:00:00:00:0a"
+ip = "10.0.0.9"
+image = "compute"
+"#
+    );
+    assert_eq!(
+        problems(&text),
+        [
+            "cluster.toml:11: nodes[1].name: duplicate node name cn0001 (first used at line 6)",
+            "cluster.toml:12: nodes[1].macs[1]: duplicate MAC 52:54:00:00:00:01 for cn0002 \
+             (first used by cn0001 at line 7)",
+            "cluster.toml:13: nodes[1].ip: duplicate IP 10.0.0.1 for cn0001 (first used by \
+             cn0001 at line 8)",
+            "cluster.toml:17: nodes[2].mac: duplicate MAC 52:54:00:00:00:0a (first used by \
+             cn0001 at line 12)",
+        ]
+    );
+}
+
+#[test]
+fn a_range_over_the_entry_limit_is_refused() {
+    let text = format!(
+        "{BASE}[[nodes]]\nname = \"cn[1-100001]\"\nip = \"10.0.0.1\"\nmacs = []\nimage = \"c\"\n"
+    );
+    assert_eq!(
+        problems(&text),
+        [
+            "cluster.toml:6: nodes[0].name: the range \"cn[1-100001]\" has 100001 nodes, more \
+             than the limit of 100000 per [[nodes]] entry"
+        ]
+    );
+}
+
+#[test]
+fn ranges_over_the_total_limit_are_refused() {
+    let text = format!(
+        r#"{BASE}[[nodes]]
+name = "cn[1-60000]"
+ip = "10.1.0.1"
+mac_file = "cn.txt"
+image = "c"
+[[nodes]]
+name = "dn[1-60000]"
+ip = "10.2.0.1"
+mac_file = "dn.txt"
+image = "c"
+"#
+    );
+    let mut read = |path: &Path| -> io::Result<String> {
+        Err(io::Error::other(format!("no {}", path.display())))
+    };
+    let err = Inventory::parse_with(&text, Path::new("cluster.toml"), &mut read).unwrap_err();
+    let problems: Vec<String> = err.problems.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        problems,
+        [
+            "cluster.toml:8: nodes[0].mac_file: cannot read MAC file cn.txt: no cn.txt",
+            "cluster.toml:11: nodes[1].name: this entry brings the inventory to 120000 nodes, \
+             more than the limit of 100000 in total",
+            "cluster.toml:13: nodes[1].mac_file: cannot read MAC file dn.txt: no dn.txt",
+        ]
+    );
+}
+
+#[test]
+fn a_macs_list_must_match_the_node_count() {
+    let text = format!(
+        r#"{BASE}[[nodes]]
+name = "cn[1-3]"
+ip = "10.0.1.1"
+macs = ["52:54:00:00:01:01", "52:54:00:00:01:02"]
+image = "compute"
+"#
+    );
+    assert_eq!(
+        problems(&text),
+        [
+            "cluster.toml:8: nodes[0].macs: the range \"cn[1-3]\" has 3 nodes but 2 MAC \
+             addresses are listed"
+        ]
+    );
+}
+
+#[test]
+fn mac_sources_must_fit_the_name() {
+    let text = format!(
+        r#"{BASE}[[nodes]]
+name = "a1"
+mac = "52:54:00:00:00:01"
+macs = ["52:54:00:00:00:02"]
+ip = "10.0.0.1"
+image = "c"
+[[nodes]]
+name = "a2"
+ip = "10.0.0.2"
+image = "c"
+[[nodes]]
+name = "cn[1-2]"
+mac = "52:54:00:00:00:03"
+ip = "10.0.0.3"
+image = "c"
+[[nodes]]
+name = "a3"
+macs = ["52:54:00:00:00:04"]
+ip = "10.0.0.9"
+image = "c"
+[[nodes]]
+name = "a4"
+mac_file = "m.txt"
+ip = "10.0.0.10"
+image = "c"
+[[nodes]]
+name = "cn[3-4]"
+ip = "10.0.0.20"
+image = "c"
+"#
+    );
+    assert_eq!(
+        problems(&text),
+        [
+            "cluster.toml:8: nodes[0].macs: give only one of `mac`, `macs` and `mac_file` \
+             (found `mac` and `macs`)",
+            "cluster.toml:11: nodes[1].mac: missing `mac`: a single node needs its MAC address",
+            "cluster.toml:17: nodes[2].mac: `mac` is for a single node; the range \"cn[1-2]\" \
+             needs `macs` (one per node, in order) or `mac_file`",
+            "cluster.toml:22: nodes[3].macs: `macs` is for a range; the single node \"a3\" needs \
+             `mac`",
+            "cluster.toml:27: nodes[4].mac_file: `mac_file` is for a range; the single node \
+             \"a4\" needs `mac`",
+            "cluster.toml:30: nodes[5].mac: missing `macs` or `mac_file`: a range needs one MAC \
+             address per node",
+        ]
+    );
+}
+
+#[test]
+fn bad_bracket_syntax_is_reported_on_the_name() {
+    let mut text = BASE.to_string();
+    for name in ["cn[3-1]", "cn[", "cn[a-b]"] {
+        write!(
+            text,
+            "[[nodes]]\nname = \"{name}\"\nip = \"10.0.1.1\"\nmacs = [\"52:54:00:00:01:01\"]\nimage = \"c\"\n"
+        )
+        .unwrap();
+    }
+    assert_eq!(
+        problems(&text),
+        [
+            "cluster.toml:6: nodes[0].name: malformed node set \"cn[3-1]\": reversed range \
+             \"3-1\" (first bound is larger)",
+            "cluster.toml:11: nodes[1].name: malformed node set \"cn[\": '[' is never closed",
+            "cluster.toml:16: nodes[2].name: malformed node set \"cn[a-b]\": range bound \"a\" \
+             is not a number",
+        ]
+    );
+}
+
+#[test]
+fn invalid_names_in_a_range_are_counted() {
+    let text = format!(
+        "{BASE}[[nodes]]\nname = \"Cn[1-3]\"\nip = \"10.0.1.1\"\nmacs = []\nimage = \"c\"\n"
+    );
+    assert_eq!(
+        problems(&text),
+        [
+            "cluster.toml:6: nodes[0].name: invalid node name \"Cn1\": only lowercase letters, \
+             digits and '-' are allowed (and 2 more invalid names in \"Cn[1-3]\")"
+        ]
+    );
+}
+
+#[test]
+fn a_range_must_not_run_past_the_last_ipv4_address() {
+    let text = format!(
+        r#"{BASE}[[nodes]]
+name = "cn[1-3]"
+ip = "255.255.255.254"
+macs = ["52:54:00:00:01:01", "52:54:00:00:01:02", "52:54:00:00:01:03"]
+image = "compute"
+"#
+    );
+    assert_eq!(
+        problems(&text),
+        [
+            "cluster.toml:7: nodes[0].ip: 3 nodes numbered up from 255.255.255.254 would run \
+             past 255.255.255.255"
+        ]
+    );
+}
+
+#[test]
+fn a_toml_syntax_error_names_file_and_line() {
+    let problems = problems("[cluster]\nname = \"demo\nstate_dir = \"/srv\"\n");
+    assert!(!problems.is_empty());
+    assert!(
+        problems[0].starts_with("cluster.toml:2: invalid TOML: "),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn a_duplicate_toml_key_is_a_syntax_error_with_its_line() {
+    let text = format!("{BASE}name = \"again\"\n");
+    let problems = problems(&text);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with("cluster.toml:5: invalid TOML: duplicate key"),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn an_unreadable_inventory_is_one_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("absent.toml");
+    let err = Inventory::load(&path).unwrap_err();
+    assert_eq!(err.problems.len(), 1);
+    assert_eq!(err.problems[0].file, path);
+    assert_eq!(err.problems[0].line, 0);
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}: cannot read the inventory: ", path.display())),
+        "{err}"
+    );
+}
+
+/// Writes `cluster.toml` and MAC files into a fresh directory.
+fn write_dir(inventory: &str, files: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cluster.toml");
+    std::fs::write(&path, inventory).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    (dir, path)
+}
+
+fn load_problems(path: &Path) -> Vec<String> {
+    match Inventory::load(path) {
+        Ok(_) => panic!("expected problems"),
+        Err(e) => e.problems.iter().map(ToString::to_string).collect(),
+    }
+}
+
+const MAC_FILE_ENTRY: &str = r#"[[nodes]]
+name = "cn[1-4]"
+ip = "10.0.1.1"
+mac_file = "macs.txt"
+image = "compute"
+"#;
+
+#[test]
+fn a_mac_file_assigns_macs_in_range_order() {
+    let macs = "# name mac\ncn3 52:54:00:00:01:03\n\ncn1 52-54-00-00-01-01  # first\ncn4 52:54:00:00:01:04\ncn2 52:54:00:00:01:02\n";
+    let (_dir, path) = write_dir(&format!("{BASE}{MAC_FILE_ENTRY}"), &[("macs.txt", macs)]);
+    let inv = Inventory::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let got: Vec<String> = inv
+        .nodes
+        .iter()
+        .map(|n| format!("{} {} {}", n.name, n.mac, n.ip))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "cn1 52:54:00:00:01:01 10.0.1.1",
+            "cn2 52:54:00:00:01:02 10.0.1.2",
+            "cn3 52:54:00:00:01:03 10.0.1.3",
+            "cn4 52:54:00:00:01:04 10.0.1.4",
+        ]
+    );
+}
+
+#[test]
+fn a_missing_mac_file_is_reported_at_its_key() {
+    let (dir, path) = write_dir(&format!("{BASE}{MAC_FILE_ENTRY}"), &[]);
+    let problems = load_problems(&path);
+    let expected_start = format!(
+        "{}:8: nodes[0].mac_file: cannot read MAC file {}: ",
+        path.display(),
+        dir.path().join("macs.txt").display()
+    );
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].starts_with(&expected_start), "{problems:?}");
+}
+
+#[test]
+fn mac_file_problems_name_the_mac_file_and_its_line() {
+    let macs = "# comment
+cn1 52:54:00:00:01:01
+
+cn2 52:54:00:00:01:02 extra
+cn3 zz:54:00:00:01:03
+cn9 52:54:00:00:01:09
+cn1 52:54:00:00:01:11
+";
+    let (dir, path) = write_dir(&format!("{BASE}{MAC_FILE_ENTRY}"), &[("macs.txt", macs)]);
+    let mac_file = dir.path().join("macs.txt");
+    let m = mac_file.display();
+    let err = Inventory::load(&path).unwrap_err();
+    let files: Vec<&Path> = err.problems.iter().map(|p| p.file.as_path()).collect();
+    assert_eq!(
+        files,
+        [&*mac_file, &*mac_file, &*mac_file, &*mac_file, &*path]
+    );
+    let problems: Vec<String> = err.problems.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        problems,
+        [
+            format!(
+                "{m}:4: nodes[0].mac_file: malformed line \"cn2 52:54:00:00:01:02 extra\": \
+                 expected `NAME MAC`"
+            ),
+            format!(
+                "{m}:5: nodes[0].mac_file: malformed MAC address \"zz:54:00:00:01:03\": expected \
+                 six hex octets separated by ':' or '-'"
+            ),
+            format!("{m}:6: nodes[0].mac_file: node cn9 is not in this entry's range \"cn[1-4]\""),
+            format!("{m}:7: nodes[0].mac_file: node cn1 is listed twice (first at line 2)"),
+            format!(
+                "{}:8: nodes[0].mac_file: {m} does not list 2 node(s) of the range \"cn[1-4]\": \
+                 cn[2,4]",
+                path.display()
+            ),
+        ]
+    );
+}
+
+#[test]
+fn a_mac_reused_from_a_mac_file_names_the_file_line() {
+    let macs = "cn1 52:54:00:00:01:01\ncn2 52:54:00:00:01:02\ncn3 52:54:00:00:01:03\ncn4 52:54:00:00:01:04\n";
+    let text = format!(
+        "{BASE}{MAC_FILE_ENTRY}[[nodes]]\nname = \"login1\"\nmac = \"52:54:00:00:01:02\"\nip = \"10.0.0.1\"\nimage = \"c\"\n"
+    );
+    let (dir, path) = write_dir(&text, &[("macs.txt", macs)]);
+    assert_eq!(
+        load_problems(&path),
+        [format!(
+            "{}:12: nodes[1].mac: duplicate MAC 52:54:00:00:01:02 (first used by cn2 at {}:2)",
+            path.display(),
+            dir.path().join("macs.txt").display()
+        )]
+    );
+}
+
+#[test]
+fn several_problems_in_different_places_are_reported_together() {
+    let text = format!(
+        r#"{BASE}bogus = 1
+[[nodes]]
+name = "cn[1-2]"
+ip = "10.0.0.1"
+macs = ["52:54:00:00:00:01", "52:54:00:00:00:01"]
+image = "compute"
+[[nodes]]
+name = "cn2"
+mac = "52:54:00:00:00:09"
+ip = "not-an-ip"
+"#
+    );
+    let problems = problems(&text);
+    let locations: Vec<&str> = problems
+        .iter()
+        .map(|p| p.split(": ").next().unwrap())
+        .collect();
+    assert_eq!(
+        locations,
+        [
+            "cluster.toml:5",
+            "cluster.toml:9",
+            "cluster.toml:11",
+            "cluster.toml:12",
+            "cluster.toml:14",
+        ],
+        "{problems:#?}"
+    );
+    assert!(problems[0].contains("cluster.bogus: unknown key"));
+    assert!(problems[1].contains("nodes[0].macs[1]: duplicate MAC 52:54:00:00:00:01 for cn2"));
+    assert!(problems[2].contains("nodes[1].image: missing required key `image`"));
+    assert!(problems[3].contains("nodes[1].name: duplicate node name cn2 (first used at line 7)"));
+    assert!(problems[4].contains("nodes[1].ip: malformed IPv4 address \"not-an-ip\""));
+}
+
+#[test]
+fn a_ten_thousand_node_range_parses_and_is_indexed() {
+    let mut macs = String::new();
+    for k in 1..=10_000u32 {
+        writeln!(macs, "cn{k:05} 52:54:00:01:{:02x}:{:02x}", k >> 8, k & 0xff).unwrap();
+    }
+    let text = format!(
+        "{BASE}[[nodes]]\nname = \"cn[00001-10000]\"\nip = \"10.1.0.1\"\nmac_file = \"macs.txt\"\nimage = \"compute\"\ngroups = [\"compute\"]\n"
+    );
+    let (_dir, path) = write_dir(&text, &[("macs.txt", &macs)]);
+    let inv = Inventory::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(inv.nodes.len(), 10_000);
+    assert_eq!(inv.nodes[0].name.as_str(), "cn00001");
+    assert_eq!(inv.nodes[9_999].name.as_str(), "cn10000");
+    let last = inv.node("cn10000").unwrap();
+    assert_eq!(last.ip, Ipv4Addr::new(10, 1, 39, 16));
+    assert_eq!(last.mac, mac("52:54:00:01:27:10"));
+    let by_mac = inv.node_by_mac(&mac("52:54:00:01:13:88")).unwrap();
+    assert_eq!(by_mac.name.as_str(), "cn05000");
+    assert_eq!(by_mac.ip, Ipv4Addr::new(10, 1, 19, 136));
+}
+
+#[test]
+fn lookups_survive_a_caller_editing_the_node_list() {
+    let text = format!(
+        r#"{BASE}[[nodes]]
+name = "cn[1-3]"
+ip = "10.0.1.1"
+macs = ["52:54:00:00:01:01", "52:54:00:00:01:02", "52:54:00:00:01:03"]
+image = "compute"
+"#
+    );
+    let mut inv = parse(&text).unwrap();
+    inv.nodes.remove(0);
+    assert_eq!(inv.node("cn2").unwrap().ip, Ipv4Addr::new(10, 0, 1, 2));
+    assert_eq!(
+        inv.node_by_mac(&mac("52:54:00:00:01:03"))
+            .unwrap()
+            .name
+            .as_str(),
+        "cn3"
+    );
+}

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Every check dfleet has, from a fresh Debian 12 machine (run as root):
+# installs what the tests need, then formatting, lints, the build and every
+# test. `.ci/run` calls exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+start_all=$(date +%s)
+phase_start=$start_all
+phase() {
+  local now; now=$(date +%s)
+  if [ -n "${phase_name:-}" ]; then
+    printf '== %-40s %4ss\n' "$phase_name done" "$((now - phase_start))"
+  fi
+  phase_name=$1; phase_start=$now
+  printf '== %s\n' "$phase_name"
+}
+
+phase "system packages"
+# Debian packages the tests use: ssh-keygen makes and checks real host keys.
+missing=()
+command -v ssh-keygen >/dev/null || missing+=(openssh-client)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing packages ${missing[*]}: run as root or install them" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "the tests bind privileged source ports and make device nodes as a real node's agent does: run them as root" >&2
+  exit 1
+fi
+
+phase "cargo fmt --check"
+cargo fmt --all -- --check
+
+phase "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+phase "cargo build (binaries for the cross-process tests)"
+cargo build --workspace --bins --locked
+
+phase "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --profile ci
+else
+  cargo test --workspace --locked
+fi
+
+phase "end"
+printf '== all checks passed in %ss\n' "$(( $(date +%s) - start_all ))"
