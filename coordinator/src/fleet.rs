@@ -843,11 +843,7 @@ impl Fleet {
             self.store.write(Write::RemovePending(mac.to_string()));
         }
         // A live stream on the old certificate ends: the new boot replaces it.
-        if let Some(conn) = self.conns.remove(&name)
-            && let Some(kill) = conn.kill
-        {
-            let _ = kill.send(Status::unauthenticated("the node enrolled again"));
-        }
+        self.end_stream(&name, Status::unauthenticated("the node enrolled again"));
         let rec = self
             .nodes
             .get_mut(&name)
@@ -961,6 +957,17 @@ impl Fleet {
         ))
     }
 
+    /// Ends a node's live stream, if any, telling the agent why.
+    fn end_stream(&mut self, name: &str, status: Status) {
+        if let Some(conn) = self.conns.remove(name) {
+            let reason = status.message().to_string();
+            if let Some(kill) = conn.kill {
+                let _ = kill.send(status);
+            }
+            self.emit(EventKind::Disconnected, name, reason, "");
+        }
+    }
+
     fn is_current(&self, node: &str, conn: u64) -> bool {
         self.conns.get(node).is_some_and(|c| c.id == conn)
     }
@@ -1064,6 +1071,9 @@ impl Fleet {
             return;
         }
         self.conns.remove(name);
+        if reason.starts_with("stream error") {
+            self.counters.stream_errors += 1;
+        }
         self.emit(EventKind::Disconnected, name, reason, "");
     }
 
@@ -1077,17 +1087,10 @@ impl Fleet {
             .map(|(n, _)| n.clone())
             .collect();
         for name in expired {
-            if let Some(conn) = self.conns.remove(&name) {
-                if let Some(kill) = conn.kill {
-                    let _ = kill.send(Status::unauthenticated("the node's certificate expired"));
-                }
-                self.emit(
-                    EventKind::Disconnected,
-                    &name,
-                    "certificate expired without renewal",
-                    "",
-                );
-            }
+            self.end_stream(
+                &name,
+                Status::unauthenticated("the node's certificate expired without renewal"),
+            );
         }
         let changes: Vec<(String, NodeState, i64)> = self
             .nodes
@@ -1183,40 +1186,39 @@ impl Fleet {
             .collect();
         for name in &removed {
             self.nodes.remove(name);
-            if let Some(conn) = self.conns.remove(name)
-                && let Some(kill) = conn.kill
-            {
-                let _ = kill.send(Status::permission_denied(
-                    "the node was removed from the inventory",
-                ));
-            }
+            self.end_stream(
+                name,
+                Status::permission_denied("the node was removed from the inventory"),
+            );
             self.store.write(Write::RemoveNode(name.clone()));
         }
         // A node whose MAC or address changed must enroll again.
-        let mut changed = 0;
-        for entry in &inv.nodes {
-            if let Some(old) = self.inv.node(entry.name.as_str())
-                && (old.mac != entry.mac || old.ip != entry.ip)
-            {
-                changed += 1;
-                if let Some(conn) = self.conns.remove(entry.name.as_str())
-                    && let Some(kill) = conn.kill
-                {
-                    let _ = kill.send(Status::permission_denied(
-                        "the node's MAC or address changed in the inventory",
-                    ));
-                }
-                if let Some(rec) = self.nodes.get_mut(entry.name.as_str()) {
-                    rec.row.cert_serial = None;
-                    rec.row.cert_not_after = 0;
-                }
-                self.persist(entry.name.as_str());
+        let changed: Vec<String> = inv
+            .nodes
+            .iter()
+            .filter(|e| {
+                self.inv
+                    .node(e.name.as_str())
+                    .is_some_and(|old| old.mac != e.mac || old.ip != e.ip)
+            })
+            .map(|e| e.name.to_string())
+            .collect();
+        for name in &changed {
+            self.end_stream(
+                name,
+                Status::permission_denied("the node's MAC or address changed in the inventory"),
+            );
+            if let Some(rec) = self.nodes.get_mut(name) {
+                rec.row.cert_serial = None;
+                rec.row.cert_not_after = 0;
             }
+            self.persist(name);
         }
         let summary = format!(
-            "{} nodes: {added} added, {} removed, {changed} with a new MAC or address",
+            "{} nodes: {added} added, {} removed, {} with a new MAC or address",
             inv.nodes.len(),
-            removed.len()
+            removed.len(),
+            changed.len()
         );
         self.inv = Arc::new(inv);
         self.emit(EventKind::InventoryReloaded, "", summary.clone(), actor);

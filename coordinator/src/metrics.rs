@@ -59,16 +59,6 @@ impl Family<'_> {
     }
 }
 
-const STATES: [NodeState; 7] = [
-    NodeState::Unknown,
-    NodeState::Pending,
-    NodeState::Connected,
-    NodeState::Ready,
-    NodeState::NotReady,
-    NodeState::Stale,
-    NodeState::Lost,
-];
-
 /// Renders a snapshot in the text exposition format.
 pub fn render(s: &MetricsSnapshot) -> String {
     let mut out = String::new();
@@ -193,7 +183,7 @@ pub fn render(s: &MetricsSnapshot) -> String {
         "The node's state: 1 for the current one.",
     );
     for n in &s.nodes {
-        for st in STATES {
+        for st in NodeState::ALL {
             let v = f64::from(u8::from(n.state == st));
             f.sample(
                 "dfleet_node_state",

@@ -287,21 +287,13 @@ pub fn csr_public_key(csr_der: &[u8]) -> Result<Vec<u8>, PkiError> {
 
 /// PEM-encodes DER bytes.
 pub fn der_to_pem(label: &str, der: &[u8]) -> String {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
+    pem::encode(&pem::Pem::new(label, der))
 }
 
-fn pem_to_der(pem: &str) -> Result<Vec<u8>, PkiError> {
-    let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
-        .map_err(|e| PkiError::Peer(format!("parsing PEM: {e}")))?;
-    Ok(parsed.contents)
+fn pem_to_der(text: &str) -> Result<Vec<u8>, PkiError> {
+    pem::parse(text)
+        .map(pem::Pem::into_contents)
+        .map_err(|e| PkiError::Peer(format!("parsing PEM: {e}")))
 }
 
 /// Reads role, serial and expiry from a peer certificate that TLS already

@@ -129,30 +129,6 @@ CREATE TABLE IF NOT EXISTS pending (
 );
 ";
 
-fn state_text(s: NodeState) -> &'static str {
-    match s {
-        NodeState::Unknown => "unknown",
-        NodeState::Pending => "pending",
-        NodeState::Connected => "connected",
-        NodeState::Ready => "ready",
-        NodeState::NotReady => "not-ready",
-        NodeState::Stale => "stale",
-        NodeState::Lost => "lost",
-    }
-}
-
-fn parse_state(s: &str) -> NodeState {
-    match s {
-        "pending" => NodeState::Pending,
-        "connected" => NodeState::Connected,
-        "ready" => NodeState::Ready,
-        "not-ready" => NodeState::NotReady,
-        "stale" => NodeState::Stale,
-        "lost" => NodeState::Lost,
-        _ => NodeState::Unknown,
-    }
-}
-
 impl Store {
     /// Opens (or creates) `dir/dfleet.db`, loads what the coordinator needs to
     /// resume, and starts the store thread.
@@ -221,7 +197,7 @@ fn load(conn: &Connection) -> Result<Loaded, StoreError> {
         let report: Option<String> = r.get(7)?;
         Ok(NodeRow {
             name: r.get(0)?,
-            state: parse_state(&r.get::<_, String>(1)?),
+            state: r.get::<_, String>(1)?.parse().unwrap_or(NodeState::Unknown),
             cert_serial: r.get(2)?,
             cert_not_after: r.get(3)?,
             boot_id: r.get(4)?,
@@ -335,7 +311,7 @@ fn apply(conn: &mut Connection, writes: Vec<Write>) {
                     )?
                     .execute(params![
                         n.name,
-                        state_text(n.state),
+                        n.state.as_str(),
                         n.cert_serial,
                         n.cert_not_after,
                         n.boot_id,

@@ -356,9 +356,19 @@ pub enum NodeState {
     Lost,
 }
 
-impl fmt::Display for NodeState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl NodeState {
+    pub const ALL: [NodeState; 7] = [
+        NodeState::Unknown,
+        NodeState::Pending,
+        NodeState::Connected,
+        NodeState::Ready,
+        NodeState::NotReady,
+        NodeState::Stale,
+        NodeState::Lost,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
             NodeState::Unknown => "unknown",
             NodeState::Pending => "pending",
             NodeState::Connected => "connected",
@@ -366,7 +376,23 @@ impl fmt::Display for NodeState {
             NodeState::NotReady => "not-ready",
             NodeState::Stale => "stale",
             NodeState::Lost => "lost",
-        })
+        }
+    }
+}
+
+impl fmt::Display for NodeState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for NodeState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        NodeState::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown node state {s:?}"))
     }
 }
 
@@ -514,6 +540,13 @@ mod tests {
         assert!("compute".parse::<GenerationRef>().is_err());
         assert!(":7".parse::<GenerationRef>().is_err());
         assert!("compute:x".parse::<GenerationRef>().is_err());
+    }
+
+    #[test]
+    fn node_states_round_trip_through_text() {
+        for s in NodeState::ALL {
+            assert_eq!(s.as_str().parse::<NodeState>().unwrap(), s);
+        }
     }
 
     #[test]

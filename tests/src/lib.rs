@@ -70,6 +70,7 @@ pub struct Settings {
     pub stale_after: &'static str,
     pub lost_after: &'static str,
     pub report_interval: &'static str,
+    pub overlay_warn_percent: u8,
 }
 
 impl Default for Settings {
@@ -80,6 +81,7 @@ impl Default for Settings {
             stale_after: "30s",
             lost_after: "60s",
             report_interval: "1s",
+            overlay_warn_percent: 80,
         }
     }
 }
@@ -103,6 +105,7 @@ burst = 1000
 [health]
 stale_after = "{stale}"
 lost_after = "{lost}"
+overlay_used_warn_percent = {warn}
 "#,
         state = dir.join("state").display(),
         sock = dir.join("admin.sock").display(),
@@ -111,6 +114,7 @@ lost_after = "{lost}"
         life = s.cert_lifetime,
         stale = s.stale_after,
         lost = s.lost_after,
+        warn = s.overlay_warn_percent,
     );
     for n in nodes {
         t.push_str(&format!(
@@ -185,7 +189,7 @@ impl Coordinator {
     }
 
     /// Stops the daemon with SIGKILL (a crash) and waits for it.
-    pub async fn kill(mut self) -> Result<()> {
+    pub async fn kill(&mut self) -> Result<()> {
         self.child.kill().await?;
         Ok(())
     }
@@ -230,6 +234,7 @@ pub struct Agent {
     pub name: String,
     pub root: PathBuf,
     child: Child,
+    log: Option<Lines<BufReader<tokio::process::ChildStderr>>>,
 }
 
 impl Agent {
@@ -238,12 +243,27 @@ impl Agent {
         Self::start_as(c, node, root, None).await
     }
 
+    /// Like `start`, with the agent's log readable through `wait_log`.
+    pub async fn start_logged(c: &Coordinator, node: &TestNode, root: &Path) -> Result<Agent> {
+        Self::spawn(c, node, root, None, true).await
+    }
+
     /// Like `start`, running as `uid` (to test what a non-root user can do).
     pub async fn start_as(
         c: &Coordinator,
         node: &TestNode,
         root: &Path,
         uid: Option<u32>,
+    ) -> Result<Agent> {
+        Self::spawn(c, node, root, uid, false).await
+    }
+
+    async fn spawn(
+        c: &Coordinator,
+        node: &TestNode,
+        root: &Path,
+        uid: Option<u32>,
+        logged: bool,
     ) -> Result<Agent> {
         let state = root.join("run/dfleet-agent");
         let config = root.join("etc/dfleet/agent.toml");
@@ -266,7 +286,11 @@ impl Agent {
             .env("DFLEET_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(if logged {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            })
             .kill_on_drop(true);
         if uid.is_none() {
             cmd.arg("--ca").arg(c.ca());
@@ -278,12 +302,39 @@ impl Agent {
             std::fs::copy(c.ca(), &ca)?;
             cmd.arg("--ca").arg(&ca).uid(uid).gid(uid);
         }
-        let child = cmd.spawn().context("starting dfleet-agent")?;
+        let mut child = cmd.spawn().context("starting dfleet-agent")?;
+        let log = child.stderr.take().map(|e| BufReader::new(e).lines());
         Ok(Agent {
             name: node.name.clone(),
             root: root.to_path_buf(),
             child,
+            log,
         })
+    }
+
+    /// Waits until the agent's log (stderr, when started with
+    /// `start_logged`) has a line containing `text`.
+    pub async fn wait_log(&mut self, text: &str) -> Result<String> {
+        let lines = self
+            .log
+            .as_mut()
+            .context("the agent was not started with start_logged")?;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let line = tokio::time::timeout_at(deadline, lines.next_line())
+                .await
+                .with_context(|| format!("waiting for {text:?} in {}'s log", self.name))??
+                .with_context(|| format!("{} exited while waiting for {text:?}", self.name))?;
+            eprintln!("[{}] {line}", self.name);
+            if line.contains(text) {
+                return Ok(line);
+            }
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// SIGKILL: the node vanished.

@@ -39,11 +39,12 @@ async fn agents_enroll_report_and_show_in_status() -> Result<()> {
     init();
     let dir = tempfile::tempdir()?;
     let ns = nodes(11, 3);
-    let c = Coordinator::start(
-        dir.path(),
-        &cluster_toml(dir.path(), &ns, &Settings::default()),
-    )
-    .await?;
+    // A threshold every node crosses: its event must appear.
+    let settings = Settings {
+        overlay_warn_percent: 1,
+        ..Settings::default()
+    };
+    let c = Coordinator::start(dir.path(), &cluster_toml(dir.path(), &ns, &settings)).await?;
     let mut events = c.watch().await?;
     let mut agents = Vec::new();
     for (i, n) in ns.iter().enumerate() {
@@ -75,6 +76,9 @@ async fn agents_enroll_report_and_show_in_status() -> Result<()> {
         assert!(keys.iter().all(|k| k["origin"] == want), "{keys:?}");
     }
 
+    let e = events.wait(EventKind::OverlayThreshold, "cn02").await?;
+    assert!(e.detail.contains("warn at 1%"), "{}", e.detail);
+
     // The table names each node with its state and host-key origin.
     let table = c.cli(&["status"]).await?;
     assert!(
@@ -92,6 +96,15 @@ async fn agents_enroll_report_and_show_in_status() -> Result<()> {
         .cloned()
         .context("files")?;
     assert!(show.contains(&largest.0), "{show}");
+
+    // `top` shows the same fleet, fullest overlay first.
+    let top = c.cli(&["top", "--once"]).await?;
+    assert!(top.starts_with("NODE"), "{top}");
+    assert_eq!(
+        top.lines().filter(|l| l.starts_with("cn0")).count(),
+        3,
+        "{top}"
+    );
 
     // Metrics carry the same numbers, with the right content type.
     let (ctype, body) = http_get(&c.metrics, "/metrics").await?;
@@ -276,6 +289,7 @@ async fn a_restarted_coordinator_gets_its_agents_back_and_loses_nothing() -> Res
     let last_id = last_event_id(&before)?;
     drop(events);
     let port = c.grpc.rsplit(':').next().context("port")?.to_string();
+    let mut c = c;
     c.kill().await?;
 
     // Restart on the address the agents know (the one the kernel picked for
@@ -453,4 +467,135 @@ async fn http_get(addr: &str, path: &str) -> Result<(String, String)> {
         })
         .context("no content type")?;
     Ok((ctype, body.to_string()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reload_and_sighup_reread_the_inventory_and_a_bad_file_changes_nothing() -> Result<()> {
+    init();
+    let dir = tempfile::tempdir()?;
+    let ns = nodes(18, 2);
+    let settings = Settings::default();
+    let c = Coordinator::start(dir.path(), &cluster_toml(dir.path(), &ns[..1], &settings)).await?;
+    let mut events = c.watch().await?;
+    assert_eq!(
+        c.status_json().await?["nodes"].as_array().map(Vec::len),
+        Some(1)
+    );
+
+    // `dfleet reload` with a second node: it can enroll at once.
+    std::fs::write(&c.config, cluster_toml(dir.path(), &ns, &settings))?;
+    let out = c.cli(&["reload"]).await?;
+    assert!(out.contains("1 added"), "{out}");
+    let e = events
+        .wait_for("reload", |e| e.kind == EventKind::InventoryReloaded)
+        .await?;
+    assert!(e.actor.starts_with("uid:"), "{e:?}");
+    let root = sandbox_for(dir.path(), &ns[1], false).await?;
+    let _a = Agent::start(&c, &ns[1], &root).await?;
+    events.wait(EventKind::Ready, "cn02").await?;
+
+    // A broken file: the error names file, line and field; nothing changes.
+    let broken = cluster_toml(dir.path(), &ns, &settings).replace(&ns[1].mac, "52:54:00:zz:00:02");
+    std::fs::write(&c.config, &broken)?;
+    let out = c.cli_raw(&["reload"]).await?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = broken
+        .lines()
+        .position(|l| l.contains("zz"))
+        .context("line")?
+        + 1;
+    assert!(
+        err.contains(&format!("cluster.toml:{line}:")) && err.contains("mac"),
+        "{err}"
+    );
+    assert_eq!(
+        c.status_json().await?["nodes"].as_array().map(Vec::len),
+        Some(2)
+    );
+
+    // SIGHUP with the node removed again.
+    std::fs::write(&c.config, cluster_toml(dir.path(), &ns[..1], &settings))?;
+    let hup = tokio::process::Command::new("kill")
+        .args(["-HUP", &c.pid().to_string()])
+        .status()
+        .await?;
+    assert!(hup.success());
+    let e = events
+        .wait_for("SIGHUP reload", |e| {
+            e.kind == EventKind::InventoryReloaded && e.actor == "signal:SIGHUP"
+        })
+        .await?;
+    assert!(e.detail.contains("1 removed"), "{}", e.detail);
+    events.wait(EventKind::Disconnected, "cn02").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_coordinator_never_crashes_the_agent() -> Result<()> {
+    init();
+    let dir = tempfile::tempdir()?;
+    let ns = nodes(19, 1);
+    let toml = cluster_toml(dir.path(), &ns, &Settings::default());
+    let c = Coordinator::start(dir.path(), &toml).await?;
+    let port = c.grpc.rsplit(':').next().context("port")?.to_string();
+    let root = sandbox_for(dir.path(), &ns[0], false).await?;
+    // The coordinator goes away before the agent starts.
+    let mut c = c;
+    c.kill().await?;
+    let mut agent = Agent::start_logged(&c, &ns[0], &root).await?;
+    agent.wait_log("retrying with backoff").await?;
+    assert!(
+        agent.is_running(),
+        "the agent exited while the coordinator was away"
+    );
+
+    // Back on the same address: the agent enrolls and reports.
+    let toml = toml.replace("127.0.0.1:0\"]", &format!("127.0.0.1:{port}\"]"));
+    let c2 = Coordinator::start(dir.path(), &toml).await?;
+    let mut events = c2.watch().await?;
+    events.wait(EventKind::Ready, "cn01").await?;
+    agent.wait_log("reachable again").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_malformed_inventory_names_file_line_and_field() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ns = nodes(20, 2);
+    let mut toml = cluster_toml(dir.path(), &ns, &Settings::default());
+    toml = toml.replace(
+        "ip = \"127.20.0.2\"",
+        "ip = \"127.20.0.1\"\ncolour = \"blue\"",
+    );
+    let path = dir.path().join("cluster.toml");
+    std::fs::write(&path, &toml)?;
+    let out = tokio::process::Command::new(dfleet_tests::bin("dfleet"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .await?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line_of = |needle: &str| toml.lines().position(|l| l.contains(needle)).map(|i| i + 1);
+    let dup = toml
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains("127.20.0.1"))
+        .nth(1)
+        .map(|(i, _)| i + 1);
+    assert!(
+        err.contains(&format!("cluster.toml:{}:", dup.context("dup line")?)),
+        "{err}"
+    );
+    assert!(err.contains("duplicate IP 127.20.0.1"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "cluster.toml:{}:",
+            line_of("colour").context("line")?
+        )),
+        "{err}"
+    );
+    assert!(err.contains("colour"), "{err}");
+    Ok(())
 }
