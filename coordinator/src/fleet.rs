@@ -953,6 +953,16 @@ impl Fleet {
                 assigned: None,
                 report_interval_seconds: self.inv.cluster.report_interval.as_secs().max(1) as u32,
                 report_change_bytes: REPORT_CHANGE_BYTES,
+                checks: self
+                    .inv
+                    .checks
+                    .iter()
+                    .map(|c| pb::CheckSpec {
+                        name: c.name.clone(),
+                        argv: c.command.clone(),
+                        timeout_seconds: c.timeout.as_secs().max(1) as u32,
+                    })
+                    .collect(),
             },
         ))
     }

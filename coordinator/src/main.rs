@@ -4,11 +4,15 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = dfleet_coordinator::cli::Cli::parse();
+    // The daemon logs what it does; interactive commands only what goes wrong.
+    let default = match cli.command {
+        dfleet_coordinator::cli::Command::Serve { .. } => "warn,dfleet_coordinator=info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DFLEET_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("warn,dfleet_coordinator=info")
-            }),
+            tracing_subscriber::EnvFilter::try_from_env("DFLEET_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -23,7 +23,8 @@ pub struct CollectorConfig {
     pub growth_window: Duration,
     pub probe_timeout: Duration,
     pub systemd_timeout: Duration,
-    /// Extra readiness checks, run in order after the built-in ones.
+    /// Extra readiness checks from the agent's own configuration, run in
+    /// order after the built-in ones.
     pub checks: Vec<CheckCommand>,
 }
 
@@ -47,6 +48,7 @@ pub struct Collector {
     config: CollectorConfig,
     growth: GrowthTracker,
     probe: Probe,
+    coordinator_checks: Vec<CheckCommand>,
 }
 
 impl Collector {
@@ -62,11 +64,18 @@ impl Collector {
             root,
             config,
             probe,
+            coordinator_checks: Vec::new(),
         }
     }
 
     pub fn root(&self) -> &HostRoot {
         &self.root
+    }
+
+    /// Sets the check commands the coordinator asks for (from the cluster
+    /// inventory); they run after the agent's own.
+    pub fn set_coordinator_checks(&mut self, checks: Vec<CheckCommand>) {
+        self.coordinator_checks = checks;
     }
 
     /// The upper layer's used bytes right now: mount table and one `statfs`, no walk and nothing
@@ -153,7 +162,7 @@ impl Collector {
             readiness::generation(&booted, stamp_error.as_deref(), assigned),
             readiness::systemd(&self.root, self.config.systemd_timeout).await,
         ];
-        for check in &self.config.checks {
+        for check in self.config.checks.iter().chain(&self.coordinator_checks) {
             checks.push(readiness::command(&self.root, check).await);
         }
 

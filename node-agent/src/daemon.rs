@@ -242,6 +242,16 @@ impl Agent {
                 self.report_interval =
                     Duration::from_secs(u64::from(w.report_interval_seconds.max(1)));
                 self.change_bytes = w.report_change_bytes.max(1);
+                self.collector.set_coordinator_checks(
+                    w.checks
+                        .into_iter()
+                        .map(|c| crate::readiness::CheckCommand {
+                            name: c.name,
+                            argv: c.argv,
+                            timeout: Duration::from_secs(u64::from(c.timeout_seconds.max(1))),
+                        })
+                        .collect(),
+                );
             }
             Ok(_) => return End::Lost("the coordinator did not welcome the stream".into()),
             Err(s) => return ended(&s),

@@ -38,11 +38,14 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    // A plain level (DFLEET_LOG=debug…) rather than filter expressions: the
+    // agent stays small without a regex engine.
+    let level = std::env::var("DFLEET_LOG")
+        .ok()
+        .and_then(|l| l.parse::<tracing::Level>().ok())
+        .unwrap_or(tracing::Level::INFO);
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DFLEET_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,dfleet_agent=info")),
-        )
+        .with_max_level(level)
         .with_writer(std::io::stderr)
         .init();
     if rustls::crypto::ring::default_provider()

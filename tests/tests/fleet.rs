@@ -599,3 +599,112 @@ async fn a_malformed_inventory_names_file_line_and_field() -> Result<()> {
     assert!(err.contains("colour"), "{err}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inventory_checks_run_on_the_node_and_name_the_failure() -> Result<()> {
+    init();
+    let dir = tempfile::tempdir()?;
+    let ns = nodes(21, 1);
+    let mut toml = cluster_toml(dir.path(), &ns, &Settings::default());
+    toml.push_str("\n[[checks]]\nname = \"slurmd\"\ncommand = [\"false\"]\ntimeout = \"5s\"\n");
+    let c = Coordinator::start(dir.path(), &toml).await?;
+    let mut events = c.watch().await?;
+    let root = sandbox_for(dir.path(), &ns[0], false).await?;
+    let _a = Agent::start(&c, &ns[0], &root).await?;
+    let e = events.wait(EventKind::NotReady, "cn01").await?;
+    assert_eq!(e.detail, "failing: slurmd");
+    let table = c.cli(&["status"]).await?;
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("cn01"))
+        .context("row")?;
+    assert!(
+        row.contains("not-ready") && row.trim_end().ends_with("slurmd"),
+        "{table}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_certificates_work_remotely_and_are_issued_on_the_socket_only() -> Result<()> {
+    init();
+    let dir = tempfile::tempdir()?;
+    let ns = nodes(22, 1);
+    let c = Coordinator::start(
+        dir.path(),
+        &cluster_toml(dir.path(), &ns, &Settings::default()),
+    )
+    .await?;
+    let mut events = c.watch().await?;
+    let out = dir.path().join("alice");
+    c.cli(&[
+        "admin",
+        "cert",
+        "issue",
+        "alice",
+        "--out",
+        out.to_str().context("path")?,
+    ])
+    .await?;
+    let e = events
+        .wait_for("issue", |e| e.kind == EventKind::AdminCertIssued)
+        .await?;
+    assert!(
+        e.detail.contains("alice") && e.actor.starts_with("uid:"),
+        "{e:?}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(out.join("alice.key"))?
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let remote = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(dfleet_tests::bin("dfleet"));
+        cmd.args(["--remote", &c.grpc, "--cert"])
+            .arg(out.join("alice.crt"))
+            .arg("--key")
+            .arg(out.join("alice.key"))
+            .arg("--ca")
+            .arg(out.join("ca.crt"))
+            .args(args);
+        cmd
+    };
+    let status = remote(&["status", "--json"]).output().await?;
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout)?;
+    assert_eq!(v["nodes"][0]["name"], "cn01");
+
+    // Remote admins act under their certificate's name.
+    let rearm = remote(&["node", "rearm", "cn01"]).output().await?;
+    assert!(
+        rearm.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rearm.stderr)
+    );
+    let e = events.wait(EventKind::Rearmed, "cn01").await?;
+    assert_eq!(e.actor, "admin:alice");
+
+    // But new admin certificates come from the local socket only.
+    let again = remote(&[
+        "admin",
+        "cert",
+        "issue",
+        "mallory",
+        "--out",
+        out.to_str().context("path")?,
+    ])
+    .output()
+    .await?;
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("local socket only"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    Ok(())
+}
