@@ -257,7 +257,7 @@ struct NodeRec {
 struct Conn {
     id: u64,
     tx: Outbound,
-    kill: Option<oneshot::Sender<Status>>,
+    kill: oneshot::Sender<Status>,
     cert_not_after: i64,
 }
 
@@ -474,9 +474,9 @@ impl Fleet {
                 }
             }
             for (_, conn) in self.conns.drain() {
-                if let Some(kill) = conn.kill {
-                    let _ = kill.send(Status::unavailable("the coordinator is shutting down"));
-                }
+                let _ = conn
+                    .kill
+                    .send(Status::unavailable("the coordinator is shutting down"));
             }
             let _ = self.store.flush().await;
         });
@@ -909,17 +909,14 @@ impl Fleet {
         }
         let id = self.next_conn;
         self.next_conn += 1;
-        if let Some(old) = self.conns.insert(
-            node.clone(),
-            Conn {
-                id,
-                tx,
-                kill: Some(kill),
-                cert_not_after: peer.not_after_unix,
-            },
-        ) && let Some(kill) = old.kill
-        {
-            let _ = kill.send(Status::aborted(
+        let conn = Conn {
+            id,
+            tx,
+            kill,
+            cert_not_after: peer.not_after_unix,
+        };
+        if let Some(old) = self.conns.insert(node.clone(), conn) {
+            let _ = old.kill.send(Status::aborted(
                 "replaced by a newer stream from the same node",
             ));
         }
@@ -971,9 +968,7 @@ impl Fleet {
     fn end_stream(&mut self, name: &str, status: Status) {
         if let Some(conn) = self.conns.remove(name) {
             let reason = status.message().to_string();
-            if let Some(kill) = conn.kill {
-                let _ = kill.send(status);
-            }
+            let _ = conn.kill.send(status);
             self.emit(EventKind::Disconnected, name, reason, "");
         }
     }
@@ -1363,5 +1358,155 @@ mod tests {
         assert!(!b.take(0));
         assert!(b.take(500));
         assert!(!b.take(500));
+    }
+
+    struct Harness {
+        fleet: Fleet,
+        arp: std::path::PathBuf,
+        _dir: tempfile::TempDir,
+    }
+
+    fn harness(extra: &str) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            r#"[cluster]
+name = "t"
+state_dir = "{state}"
+listen = ["127.0.0.1:0"]
+[enrollment]
+{extra}
+[[nodes]]
+name = "cn1"
+mac = "52:54:00:00:00:01"
+ip = "10.0.0.1"
+image = "compute"
+"#,
+            state = dir.path().display()
+        );
+        let inv = Inventory::parse(&text, &dir.path().join("cluster.toml")).unwrap();
+        let (store, loaded) = Store::open(dir.path()).unwrap();
+        let ca = Arc::new(Ca::load_or_create(dir.path(), "t").unwrap());
+        let arp = dir.path().join("arp");
+        std::fs::write(&arp, "IP address HW type Flags HW address Mask Device\n").unwrap();
+        let options = FleetOptions {
+            neighbour_table: arp.clone(),
+        };
+        Harness {
+            fleet: Fleet::new(inv, loaded, store, ca, options),
+            arp,
+            _dir: dir,
+        }
+    }
+
+    fn request(mac: &str, addr: &str) -> EnrollInput {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap();
+        EnrollInput {
+            mac: mac.into(),
+            addr: addr.parse().unwrap(),
+            csr_der: csr.der().to_vec(),
+            boot_id: "boot-1".into(),
+        }
+    }
+
+    fn refusal(h: &mut Harness, mac: &str, addr: &str) -> RefusalReason {
+        h.fleet.enroll(request(mac, addr)).unwrap_err().reason
+    }
+
+    #[test]
+    fn enrollment_checks_port_mac_address_and_neighbour() {
+        let mut h = harness("");
+        let mac = "52:54:00:00:00:01";
+        assert_eq!(
+            refusal(&mut h, mac, "10.0.0.1:40000"),
+            RefusalReason::UnprivilegedPort
+        );
+        assert_eq!(
+            refusal(&mut h, "52:54:00:00:00:99", "10.0.0.1:700"),
+            RefusalReason::UnknownMac
+        );
+        assert_eq!(
+            refusal(&mut h, mac, "10.0.0.2:700"),
+            RefusalReason::WrongAddress
+        );
+        std::fs::write(
+            &h.arp,
+            "IP address HW type Flags HW address Mask Device\n10.0.0.1 0x1 0x2 52:54:00:00:00:77 * eth0\n",
+        )
+        .unwrap();
+        assert_eq!(
+            refusal(&mut h, mac, "10.0.0.1:700"),
+            RefusalReason::NeighbourMismatch
+        );
+        std::fs::write(
+            &h.arp,
+            "IP address HW type Flags HW address Mask Device\n10.0.0.1 0x1 0x2 52:54:00:00:00:01 * eth0\n",
+        )
+        .unwrap();
+        let issued = h.fleet.enroll(request(mac, "10.0.0.1:700")).unwrap();
+        assert!(matches!(issued, EnrollOutcome::Issued { ref node, .. } if node == "cn1"));
+        // The unknown MAC is listed for the administrator.
+        assert_eq!(
+            h.fleet
+                .pending
+                .get("52:54:00:00:00:99")
+                .map(|p| p.node.as_str()),
+            Some("")
+        );
+        assert_eq!(h.fleet.counters.enroll_refused.get("unknown_mac"), Some(&1));
+    }
+
+    #[test]
+    fn enrollment_is_rate_limited_and_the_pending_list_capped() {
+        let mut h = harness("rate_per_second = 1\nburst = 3\npending_max = 1");
+        assert_eq!(
+            refusal(&mut h, "52:54:00:00:00:90", "10.0.0.9:700"),
+            RefusalReason::UnknownMac
+        );
+        assert_eq!(
+            refusal(&mut h, "52:54:00:00:00:91", "10.0.0.9:700"),
+            RefusalReason::PendingFull
+        );
+        assert_eq!(
+            refusal(&mut h, "52:54:00:00:00:92", "10.0.0.9:700"),
+            RefusalReason::PendingFull
+        );
+        assert_eq!(
+            refusal(&mut h, "52:54:00:00:00:01", "10.0.0.1:700"),
+            RefusalReason::RateLimited
+        );
+    }
+
+    #[test]
+    fn manual_policy_binds_the_approval_to_the_requesting_key() {
+        let mut h = harness("policy = \"manual\"");
+        let first = request("52:54:00:00:00:01", "10.0.0.1:700");
+        assert!(matches!(
+            h.fleet.enroll(first.clone()),
+            Ok(EnrollOutcome::Pending { .. })
+        ));
+        h.fleet.approve("cn1", "uid:0").unwrap();
+        // Another key (another requester) does not inherit the approval.
+        let other = request("52:54:00:00:00:01", "10.0.0.1:700");
+        assert!(matches!(
+            h.fleet.enroll(other),
+            Ok(EnrollOutcome::Pending { .. })
+        ));
+        h.fleet.approve("cn1", "uid:0").unwrap();
+        let again = h.fleet.enroll(request("52:54:00:00:00:01", "10.0.0.1:700"));
+        assert!(matches!(again, Ok(EnrollOutcome::Pending { .. })));
+        // The approved key itself is issued once re-approved for it.
+        assert!(matches!(
+            h.fleet.enroll(first.clone()),
+            Ok(EnrollOutcome::Pending { .. })
+        ));
+        h.fleet.approve("cn1", "uid:0").unwrap();
+        assert!(matches!(
+            h.fleet.enroll(first),
+            Ok(EnrollOutcome::Issued { .. })
+        ));
     }
 }

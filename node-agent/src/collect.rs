@@ -23,6 +23,10 @@ pub struct CollectorConfig {
     pub growth_window: Duration,
     pub probe_timeout: Duration,
     pub systemd_timeout: Duration,
+    /// The walk of the upper layer (largest paths, whiteouts) runs at most
+    /// this often, or sooner when usage moved by more than a twentieth of the
+    /// upper's size; statfs numbers are fresh in every report.
+    pub walk_interval: Duration,
     /// Extra readiness checks from the agent's own configuration, run in
     /// order after the built-in ones.
     pub checks: Vec<CheckCommand>,
@@ -35,6 +39,7 @@ impl Default for CollectorConfig {
             growth_window: Duration::from_secs(300),
             probe_timeout: Probe::DEFAULT_TIMEOUT,
             systemd_timeout: Duration::from_secs(10),
+            walk_interval: Duration::from_secs(60),
             checks: Vec::new(),
         }
     }
@@ -49,6 +54,18 @@ pub struct Collector {
     growth: GrowthTracker,
     probe: Probe,
     coordinator_checks: Vec<CheckCommand>,
+    last_walk: Option<LastWalk>,
+}
+
+/// The result of the last walk of the upper layer, reused between walks.
+#[derive(Debug, Clone)]
+struct LastWalk {
+    at: Instant,
+    used_bytes: u64,
+    largest_paths: Vec<dfleet_proto::domain::PathUsage>,
+    whiteouts: u64,
+    walked_entries: u64,
+    walk_truncated: bool,
 }
 
 impl Collector {
@@ -65,6 +82,7 @@ impl Collector {
             config,
             probe,
             coordinator_checks: Vec::new(),
+            last_walk: None,
         }
     }
 
@@ -187,23 +205,55 @@ impl Collector {
         let started = Instant::now();
         let deadline = started + limits.time_budget;
         let fallback = facts.clone();
-        let mut facts = tokio::task::spawn_blocking(move || {
+        let last = self.last_walk.clone();
+        let interval = self.config.walk_interval;
+        let (mut facts, walked) = tokio::task::spawn_blocking(move || {
             let mut facts = facts;
-            overlay::measure_upper(&root, &mut facts, &limits, deadline);
-            facts
+            let walked = overlay::measure_upper(&root, &mut facts, &limits, deadline, |now| {
+                walk_due(last.as_ref(), now, started, interval)
+            });
+            (facts, walked)
         })
         .await
         .unwrap_or_else(|e| {
             let mut f = fallback;
             overlay::push_error(&mut f, &format!("measuring upper failed: {e}"));
-            f
+            (f, false)
         });
+        if walked {
+            self.last_walk = Some(LastWalk {
+                at: started,
+                used_bytes: facts.used_bytes,
+                largest_paths: facts.largest_paths.clone(),
+                whiteouts: facts.whiteouts,
+                walked_entries: facts.walked_entries,
+                walk_truncated: facts.walk_truncated,
+            });
+        } else if let Some(w) = &self.last_walk {
+            facts.largest_paths = w.largest_paths.clone();
+            facts.whiteouts = w.whiteouts;
+            facts.walked_entries = w.walked_entries;
+            facts.walk_truncated = w.walk_truncated;
+        }
         if facts.size_bytes > 0 {
             let growth = self.growth.record(started, facts.used_bytes);
             facts.growth_bytes_per_second = growth;
             facts.seconds_to_full = overlay::seconds_to_full(facts.avail_bytes, growth);
         }
         facts
+    }
+}
+
+/// Whether the upper layer should be walked again: never walked, the last
+/// walk is older than `interval`, or usage moved by more than a twentieth of
+/// the upper's size since (so a sudden fill is explained at once).
+fn walk_due(last: Option<&LastWalk>, now: &OverlayFacts, at: Instant, interval: Duration) -> bool {
+    match last {
+        None => true,
+        Some(w) => {
+            at.duration_since(w.at) >= interval
+                || now.used_bytes.abs_diff(w.used_bytes) > now.size_bytes / 20
+        }
     }
 }
 
@@ -610,5 +660,47 @@ mod tests {
                 .starts_with("root filesystem unknown: reading ")
         );
         assert!(r.collected_at_unix_ms > 1_600_000_000_000);
+    }
+
+    #[test]
+    fn the_walk_is_repeated_only_when_due() {
+        let t0 = Instant::now();
+        let mut facts = OverlayFacts {
+            size_bytes: 1000,
+            used_bytes: 100,
+            ..OverlayFacts::default()
+        };
+        let minute = Duration::from_secs(60);
+        assert!(walk_due(None, &facts, t0, minute));
+        let last = LastWalk {
+            at: t0,
+            used_bytes: 100,
+            largest_paths: vec![],
+            whiteouts: 0,
+            walked_entries: 0,
+            walk_truncated: false,
+        };
+        assert!(!walk_due(
+            Some(&last),
+            &facts,
+            t0 + Duration::from_secs(10),
+            minute
+        ));
+        assert!(walk_due(Some(&last), &facts, t0 + minute, minute));
+        // A jump of more than 5 % of the size walks at once.
+        facts.used_bytes = 151;
+        assert!(walk_due(
+            Some(&last),
+            &facts,
+            t0 + Duration::from_secs(10),
+            minute
+        ));
+        facts.used_bytes = 149;
+        assert!(!walk_due(
+            Some(&last),
+            &facts,
+            t0 + Duration::from_secs(10),
+            minute
+        ));
     }
 }

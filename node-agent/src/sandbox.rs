@@ -140,8 +140,9 @@ pub fn build(dir: &Path, spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
     sb.write_lower()?;
     sb.fresh_upper()?;
     for (path, bytes) in &spec.upper_files {
-        sb.grow_upper(path, *bytes)?;
+        sb.write_upper_file(path, *bytes)?;
     }
+    sb.write_meminfo()?;
     for path in &spec.whiteouts {
         sb.add_whiteout(path)?;
     }
@@ -183,6 +184,13 @@ impl Sandbox {
     /// Writes a file of `bytes` real bytes (not sparse) at `rel_path` in the upper layer, replacing
     /// one that is there, and updates `/proc/meminfo`'s Shmem to match.
     pub fn grow_upper(&self, rel_path: &str, bytes: u64) -> Result<(), SandboxError> {
+        self.write_upper_file(rel_path, bytes)?;
+        self.write_meminfo()
+    }
+
+    /// Writes one upper-layer file of `bytes` real bytes. Not synced: this is
+    /// test data, and a swarm of sandboxes must be quick to build.
+    fn write_upper_file(&self, rel_path: &str, bytes: u64) -> Result<(), SandboxError> {
         let path = self.under(&self.upper_dir(), rel_path)?;
         mkdir_parent(&path)?;
         let mut f = fs::File::create(&path).map_err(io_err("creating", &path))?;
@@ -193,8 +201,7 @@ impl Sandbox {
             f.write_all(&chunk[..n]).map_err(io_err("writing", &path))?;
             left -= n as u64;
         }
-        f.sync_all().map_err(io_err("syncing", &path))?;
-        self.write_meminfo()
+        Ok(())
     }
 
     /// Simulates a reboot into the same generation: a new boot id, an empty upper layer, fresh

@@ -3,9 +3,11 @@
 //! upper layer of 10,000 files, side by side in the same run with Debian's
 //! `prometheus-node-exporter` scraped at the same interval.
 //!
-//! Build the release binaries first, then run:
+//! Build the binaries first (the agent as it goes into an image), then run:
 //!   cargo build --release --locked --bins
-//!   cargo bench -p dfleet-tests --bench footprint -- [SECONDS] [INTERVAL_SECONDS]
+//!   cargo build --profile agent --locked -p dfleet-agent
+//!   DFLEET_AGENT_BIN=target/agent/dfleet-agent \
+//!     cargo bench -p dfleet-tests --bench footprint -- [SECONDS] [INTERVAL_SECONDS]
 //! Debian's prometheus-node-exporter is installed when missing.
 
 use std::path::Path;

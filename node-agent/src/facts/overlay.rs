@@ -116,21 +116,24 @@ impl RootLayout {
 
 /// Fills `facts` with the upper layer's filesystem numbers and a bounded walk of it. Blocking:
 /// run it in `spawn_blocking`. Failures go into `facts.error`; nothing here touches the lower.
+/// `walk_due` decides, from the fresh statfs numbers, whether the (costly)
+/// walk runs this time; without it the walk fields stay as they are.
 pub fn measure_upper(
     root: &HostRoot,
     facts: &mut OverlayFacts,
     limits: &WalkLimits,
     deadline: Instant,
-) {
+    walk_due: impl FnOnce(&OverlayFacts) -> bool,
+) -> bool {
     if !facts.root_is_overlay {
-        return;
+        return false;
     }
     if facts.upperdir.is_empty() {
         push_error(
             facts,
             "overlay root has no upperdir option (read-only overlay)",
         );
-        return;
+        return false;
     }
     let upperdir = facts.upperdir.clone();
     match root.statfs(&upperdir) {
@@ -143,6 +146,9 @@ pub fn measure_upper(
         }
         Err(e) => push_error(facts, &e.to_string()),
     }
+    if !walk_due(facts) {
+        return false;
+    }
     match walk::walk_upper(root, &upperdir, limits, deadline) {
         Ok(w) => {
             facts.largest_paths = w.largest;
@@ -152,6 +158,7 @@ pub fn measure_upper(
         }
         Err(e) => push_error(facts, &format!("walking upper: {e}")),
     }
+    true
 }
 
 /// Appends a reason to `facts.error`, keeping earlier ones.
