@@ -34,10 +34,10 @@ pub fn bin_dir() -> PathBuf {
 
 pub fn bin(name: &str) -> PathBuf {
     // The agent as built for node images, when present (benchmarks).
-    if name == "dfleet-agent" {
-        if let Some(p) = std::env::var_os("DFLEET_AGENT_BIN") {
-            return PathBuf::from(p);
-        }
+    if name == "dfleet-agent"
+        && let Some(p) = std::env::var_os("DFLEET_AGENT_BIN")
+    {
+        return PathBuf::from(p);
     }
     let path = bin_dir().join(name);
     assert!(
