@@ -278,7 +278,17 @@ impl Agent {
             &config,
             "# A sandboxed node: the agent's settings come from its command line.\n",
         )?;
-        let mut cmd = Command::new(bin("dfleet-agent"));
+        // Another user may not reach the build directory (a clone in a
+        // private folder): it runs a copy placed in the sandbox.
+        let program = match uid {
+            None => bin("dfleet-agent"),
+            Some(_) => {
+                let copy = root.join("dfleet-agent");
+                std::fs::copy(bin("dfleet-agent"), &copy)?;
+                copy
+            }
+        };
+        let mut cmd = Command::new(program);
         cmd.arg("--config")
             .arg(&config)
             .arg("--root")
