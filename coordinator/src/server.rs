@@ -352,12 +352,12 @@ impl Admin for Services {
             let mut sent = after;
             let mut upto = head;
             loop {
-                while sent < upto {
+                'history: while sent < upto {
                     match store.events(sent, 1000).await {
                         Ok(batch) if !batch.is_empty() => {
                             for e in batch {
                                 if e.id > upto {
-                                    break;
+                                    break 'history;
                                 }
                                 sent = e.id;
                                 if tx.send(Ok(pb::Event::from(e))).await.is_err() {
@@ -372,6 +372,9 @@ impl Admin for Services {
                         }
                     }
                 }
+                // Everything up to the head is history, even an event whose
+                // write failed: live events start after it.
+                sent = sent.max(upto);
                 if !r.follow {
                     return;
                 }
