@@ -17,9 +17,17 @@ phase() {
 }
 
 phase "system packages"
-# Debian packages the tests use: ssh-keygen makes and checks real host keys.
+# Debian packages the tests use: ssh-keygen makes and checks real host keys;
+# the DHCP servers check the configurations dfleet renders.
 missing=()
 command -v ssh-keygen >/dev/null || missing+=(openssh-client)
+[ -x /usr/sbin/dhcpd ] || missing+=(isc-dhcp-server)
+[ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq)
+[ -x /usr/sbin/kea-dhcp4 ] || missing+=(kea-dhcp4-server)
+# A real DHCP/TFTP exchange: udhcpc from busybox, TFTP with curl, namespaces with iproute2.
+[ -x /usr/bin/busybox ] || missing+=(busybox)
+command -v curl >/dev/null || missing+=(curl)
+command -v ip >/dev/null || missing+=(iproute2)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing packages ${missing[*]}: run as root or install them" >&2

@@ -93,6 +93,11 @@ pub enum Command {
     },
     /// Re-read cluster.toml without a restart (like SIGHUP).
     Reload,
+    /// Boot files: DHCP configuration, boot menus, NFS exports.
+    Pxe {
+        #[command(subcommand)]
+        command: PxeCommand,
+    },
     /// Administrator credentials.
     Admin {
         #[command(subcommand)]
@@ -117,6 +122,22 @@ pub enum NodeCommand {
     Approve { name: String },
     /// Allow one new enrollment of a node that already enrolled at this boot.
     Rearm { name: String },
+    /// Set the generation nodes boot next (IMAGE:GEN); their menus follow.
+    Assign { nodeset: String, generation: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PxeCommand {
+    /// Write the boot files as the daemon would into DIR (a dry run).
+    Render {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// What `pxe apply` would change.
+    Diff,
+    /// Check the staged DHCP configuration with the real daemon, then write
+    /// the boot files atomically.
+    Apply,
 }
 
 #[derive(Debug, Subcommand)]
@@ -194,6 +215,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Node { command } => node(&cli, command).await,
         Command::Events { follow, json, last } => events(&cli, *follow, *json, *last).await,
         Command::Top { interval, once } => top(&cli, *interval, *once).await,
+        Command::Pxe { command } => pxe(&cli, command).await,
         Command::Reload => {
             let mut c = client::connect(&cli.target()?).await?;
             let r = c
@@ -301,6 +323,20 @@ async fn node(cli: &Cli, command: &NodeCommand) -> Result<()> {
                 .map_err(status_err)?;
             println!("{}", r.into_inner().detail);
         }
+        NodeCommand::Assign {
+            nodeset,
+            generation,
+        } => {
+            let target: dfleet_proto::domain::GenerationRef = generation.parse()?;
+            let r = c
+                .assign(pb::AssignRequest {
+                    nodeset: nodeset.clone(),
+                    target: Some(target.into()),
+                })
+                .await
+                .map_err(status_err)?;
+            println!("{}", r.into_inner().detail);
+        }
         NodeCommand::Rearm { name } => {
             let r = c
                 .rearm(pb::NodeRequest { node: name.clone() })
@@ -310,6 +346,83 @@ async fn node(cli: &Cli, command: &NodeCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+async fn pxe(cli: &Cli, command: &PxeCommand) -> Result<()> {
+    let mut c = client::connect(&cli.target()?).await?;
+    match command {
+        PxeCommand::Render { out } => {
+            let files = c
+                .pxe_render(pb::PxeRequest {})
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            for f in &files.files {
+                let rel = std::path::Path::new(&f.path);
+                if rel.is_absolute()
+                    || rel
+                        .components()
+                        .any(|c| !matches!(c, std::path::Component::Normal(_)))
+                {
+                    bail!("refusing the rendered path {:?}", f.path);
+                }
+                let path = out.join(&f.tree).join(rel);
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                }
+                std::fs::write(&path, &f.content)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                println!("{}  (installs as {})", path.display(), f.target);
+            }
+            println!(
+                "{} files rendered into {}",
+                files.files.len(),
+                out.display()
+            );
+        }
+        PxeCommand::Diff => {
+            let d = c
+                .pxe_diff(pb::PxeRequest {})
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            print!("{}", changes_text(&d));
+        }
+        PxeCommand::Apply => {
+            let d = c
+                .pxe_apply(pb::PxeRequest {})
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            for v in &d.validation {
+                println!("checked: {v}");
+            }
+            print!("{}", changes_text(&d));
+        }
+    }
+    Ok(())
+}
+
+fn changes_text(d: &pb::PxeChanges) -> String {
+    let mut out = String::new();
+    for p in &d.created {
+        out.push_str(&format!("+ {p}\n"));
+    }
+    for p in &d.changed {
+        out.push_str(&format!("~ {p}\n"));
+    }
+    for p in &d.removed {
+        out.push_str(&format!("- {p}\n"));
+    }
+    out.push_str(&format!(
+        "{} created, {} changed, {} removed, {} unchanged\n",
+        d.created.len(),
+        d.changed.len(),
+        d.removed.len(),
+        d.unchanged
+    ));
+    out
 }
 
 async fn events(cli: &Cli, follow: bool, json: bool, last: u32) -> Result<()> {

@@ -176,6 +176,7 @@ pub async fn run(
         store,
         inventory_path: inventory_path.clone(),
         ca_der: ca.cert_der().to_vec(),
+        boot: crate::boot::BootWriter::new(&state_dir),
     };
 
     let bound = Bound {

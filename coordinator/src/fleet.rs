@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use dfleet_proto::domain::{Event, EventKind, MacAddr, NodeState, Report};
+use dfleet_proto::domain::{Event, EventKind, GenerationRef, MacAddr, NodeState, Report};
 use dfleet_proto::pb;
 use dfleet_provisioner::inventory::{EnrollmentPolicy, Inventory, NodeEntry};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -218,6 +218,22 @@ pub enum Command {
     Metrics {
         reply: oneshot::Sender<MetricsSnapshot>,
     },
+    /// Sets the generation `names` boot next.
+    Assign {
+        names: Vec<String>,
+        target: GenerationRef,
+        actor: String,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    /// What boot-file rendering needs: the inventory and the assignments.
+    BootInputs {
+        reply: oneshot::Sender<(Arc<Inventory>, HashMap<String, GenerationRef>)>,
+    },
+    /// Records that boot files were written.
+    BootApplied {
+        detail: String,
+        actor: String,
+    },
 }
 
 /// A cheap, cloneable handle to the fleet task.
@@ -380,6 +396,7 @@ pub struct Fleet {
     bucket: TokenBucket,
     counters: Counters,
     options: FleetOptions,
+    assignments: HashMap<String, GenerationRef>,
 }
 
 impl Fleet {
@@ -422,6 +439,11 @@ impl Fleet {
         for gone in persisted.into_keys() {
             store.write(Write::RemoveNode(gone));
         }
+        let assignments = loaded
+            .assignments
+            .into_iter()
+            .filter(|(n, _)| nodes.contains_key(n))
+            .collect();
         let (events, _) = broadcast::channel(4096);
         let bucket = TokenBucket::new(
             inv.enrollment.rate_per_second as f64,
@@ -445,6 +467,7 @@ impl Fleet {
             bucket,
             counters: Counters::default(),
             options,
+            assignments,
         }
     }
 
@@ -630,6 +653,20 @@ impl Fleet {
             }
             Command::Subscribe { reply } => {
                 let _ = reply.send((self.last_event_id, self.events.subscribe()));
+            }
+            Command::Assign {
+                names,
+                target,
+                actor,
+                reply,
+            } => {
+                let _ = reply.send(self.assign(&names, target, &actor));
+            }
+            Command::BootInputs { reply } => {
+                let _ = reply.send((self.inv.clone(), self.assignments.clone()));
+            }
+            Command::BootApplied { detail, actor } => {
+                self.emit(EventKind::BootFilesApplied, "", detail, &actor);
             }
             Command::Metrics { reply } => {
                 let _ = reply.send(MetricsSnapshot {
@@ -946,8 +983,8 @@ impl Fleet {
         Ok((
             id,
             pb::Welcome {
+                assigned: self.assignments.get(&node).cloned().map(Into::into),
                 node,
-                assigned: None,
                 report_interval_seconds: self.inv.cluster.report_interval.as_secs().max(1) as u32,
                 report_change_bytes: REPORT_CHANGE_BYTES,
                 checks: self
@@ -1142,6 +1179,47 @@ impl Fleet {
         Ok(format!("approved {node}; it enrolls at its next retry"))
     }
 
+    /// Sets the generation nodes boot next; connected agents hear of it at
+    /// once, for their generation check.
+    fn assign(
+        &mut self,
+        names: &[String],
+        target: GenerationRef,
+        actor: &str,
+    ) -> Result<String, String> {
+        let unknown: Vec<&str> = names
+            .iter()
+            .filter(|n| !self.nodes.contains_key(n.as_str()))
+            .map(String::as_str)
+            .collect();
+        if !unknown.is_empty() {
+            return Err(format!("not in the inventory: {}", unknown.join(", ")));
+        }
+        for name in names {
+            self.assignments.insert(name.clone(), target.clone());
+            self.store
+                .write(Write::Assign(name.clone(), Some(target.clone())));
+            if let Some(conn) = self.conns.get(name) {
+                let order = pb::CoordinatorMessage {
+                    kind: Some(pb::coordinator_message::Kind::Order(pb::Order {
+                        id: 0,
+                        kind: Some(pb::order::Kind::Assign(pb::Assign {
+                            assigned: Some(target.clone().into()),
+                        })),
+                    })),
+                };
+                let _ = conn.tx.try_send(Ok(order));
+            }
+            self.emit(
+                EventKind::Assigned,
+                name,
+                format!("boots {target} next"),
+                actor,
+            );
+        }
+        Ok(format!("{} nodes assigned to {target}", names.len()))
+    }
+
     fn rearm(&mut self, node: &str, actor: &str) -> Result<String, String> {
         let rec = self
             .nodes
@@ -1196,6 +1274,9 @@ impl Fleet {
                 Status::permission_denied("the node was removed from the inventory"),
             );
             self.store.write(Write::RemoveNode(name.clone()));
+            if self.assignments.remove(name).is_some() {
+                self.store.write(Write::Assign(name.clone(), None));
+            }
         }
         // A node whose MAC or address changed must enroll again.
         let changed: Vec<String> = inv

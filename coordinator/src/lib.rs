@@ -1,6 +1,7 @@
 //! dfleet's coordinator: the daemon that owns the fleet's state (enrollment
 //! CA, agent streams, event log, metrics) and the admin CLI that talks to it.
 
+pub mod boot;
 pub mod cli;
 pub mod client;
 pub mod daemon;

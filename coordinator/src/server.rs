@@ -44,6 +44,8 @@ pub struct Services {
     pub inventory_path: std::path::PathBuf,
     /// The cluster CA certificate, handed out with admin certificates.
     pub ca_der: Vec<u8>,
+    /// The single writer of boot files.
+    pub boot: std::sync::Arc<crate::boot::BootWriter>,
 }
 
 #[tonic::async_trait]
@@ -464,6 +466,87 @@ impl Admin for Services {
         Ok(Response::new(pb::ActionResponse { detail }))
     }
 
+    async fn assign(
+        &self,
+        req: Request<pb::AssignRequest>,
+    ) -> Result<Response<pb::ActionResponse>, Status> {
+        let actor = admin_caller(self, &req).await?;
+        let r = req.into_inner();
+        let target = r
+            .target
+            .ok_or_else(|| Status::invalid_argument("no target generation"))?
+            .try_into()
+            .map_err(|e: dfleet_proto::convert::ConvertError| {
+                Status::invalid_argument(e.to_string())
+            })?;
+        let names = dfleet_provisioner::nodeset::expand(&r.nodeset, 1_000_000)
+            .map_err(|e| Status::invalid_argument(format!("node set {:?}: {e}", r.nodeset)))?;
+        let mut detail = self
+            .fleet
+            .ask(|reply| Command::Assign {
+                names,
+                target,
+                actor: actor.clone(),
+                reply,
+            })
+            .await?
+            .map_err(Status::invalid_argument)?;
+        // The menus follow the assignment through the single writer; without
+        // a boot network in the inventory there is nothing to write.
+        match crate::boot::apply(&self.fleet, &self.boot, &actor).await {
+            Ok((changes, _)) => {
+                detail.push_str(&format!("; boot files: {}", changes_line(&changes)))
+            }
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                detail.push_str(&format!("; boot files not written: {}", s.message()))
+            }
+            Err(s) => return Err(s),
+        }
+        Ok(Response::new(pb::ActionResponse { detail }))
+    }
+
+    async fn pxe_render(
+        &self,
+        req: Request<pb::PxeRequest>,
+    ) -> Result<Response<pb::PxeFiles>, Status> {
+        admin_caller(self, &req).await?;
+        let (inv, files) = crate::boot::files(&self.fleet).await?;
+        let files = files
+            .into_iter()
+            .map(|f| {
+                let target = dfleet_provisioner::boot::write::target(&inv.paths, &f)
+                    .map(|t| t.display().to_string())
+                    .unwrap_or_default();
+                pb::PxeFile {
+                    tree: tree_name(f.tree).into(),
+                    path: f.path.display().to_string(),
+                    content: f.bytes,
+                    mode: f.mode,
+                    target,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::PxeFiles { files }))
+    }
+
+    async fn pxe_diff(
+        &self,
+        req: Request<pb::PxeRequest>,
+    ) -> Result<Response<pb::PxeChanges>, Status> {
+        admin_caller(self, &req).await?;
+        let changes = crate::boot::diff(&self.fleet, &self.boot).await?;
+        Ok(Response::new(changes_pb(changes, Vec::new())))
+    }
+
+    async fn pxe_apply(
+        &self,
+        req: Request<pb::PxeRequest>,
+    ) -> Result<Response<pb::PxeChanges>, Status> {
+        let actor = admin_caller(self, &req).await?;
+        let (changes, checks) = crate::boot::apply(&self.fleet, &self.boot, &actor).await?;
+        Ok(Response::new(changes_pb(changes, checks)))
+    }
+
     async fn issue_admin_cert(
         &self,
         req: Request<pb::IssueAdminCertRequest>,
@@ -548,4 +631,37 @@ pub async fn reload(
             reply,
         })
         .await
+}
+
+fn tree_name(t: dfleet_provisioner::boot::Tree) -> &'static str {
+    match t {
+        dfleet_provisioner::boot::Tree::Tftp => "tftp",
+        dfleet_provisioner::boot::Tree::Dhcp => "dhcp",
+        dfleet_provisioner::boot::Tree::Exports => "exports",
+    }
+}
+
+fn changes_line(c: &dfleet_provisioner::boot::write::Changes) -> String {
+    format!(
+        "{} created, {} changed, {} removed, {} unchanged",
+        c.created.len(),
+        c.changed.len(),
+        c.removed.len(),
+        c.unchanged
+    )
+}
+
+fn changes_pb(
+    c: dfleet_provisioner::boot::write::Changes,
+    validation: Vec<String>,
+) -> pb::PxeChanges {
+    let show =
+        |v: Vec<std::path::PathBuf>| v.into_iter().map(|p| p.display().to_string()).collect();
+    pb::PxeChanges {
+        created: show(c.created),
+        changed: show(c.changed),
+        removed: show(c.removed),
+        unchanged: c.unchanged as u32,
+        validation,
+    }
 }

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
-use dfleet_proto::domain::{Event, EventKind, NodeState, Report};
+use dfleet_proto::domain::{Event, EventKind, Generation, GenerationRef, NodeState, Report};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
@@ -63,6 +63,8 @@ pub struct Loaded {
     pub nodes: Vec<NodeRow>,
     pub pending: Vec<PendingRow>,
     pub last_event_id: u64,
+    /// Node → the generation it boots next.
+    pub assignments: std::collections::HashMap<String, GenerationRef>,
 }
 
 #[derive(Debug)]
@@ -72,6 +74,8 @@ pub enum Write {
     RemoveNode(String),
     Pending(PendingRow),
     RemovePending(String),
+    /// Sets (or with `None` clears) a node's next-boot generation.
+    Assign(String, Option<GenerationRef>),
 }
 
 enum Op {
@@ -126,6 +130,11 @@ CREATE TABLE IF NOT EXISTS pending (
     attempts INTEGER NOT NULL,
     public_key BLOB NOT NULL,
     approved INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS assignments (
+    node TEXT PRIMARY KEY,
+    image TEXT NOT NULL,
+    generation INTEGER NOT NULL
 );
 ";
 
@@ -229,6 +238,20 @@ fn load(conn: &Connection) -> Result<Loaded, StoreError> {
     })?;
     for row in rows {
         loaded.pending.push(row?);
+    }
+    let mut stmt = conn.prepare("SELECT node, image, generation FROM assignments")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            GenerationRef {
+                image: r.get(1)?,
+                generation: Generation(r.get::<_, i64>(2)? as u64),
+            },
+        ))
+    })?;
+    for row in rows {
+        let (node, g) = row?;
+        loaded.assignments.insert(node, g);
     }
     loaded.last_event_id = conn
         .query_row("SELECT MAX(id) FROM events", [], |r| {
@@ -340,6 +363,16 @@ fn apply(conn: &mut Connection, writes: Vec<Write>) {
                         p.public_key,
                         p.approved as i64
                     ])?;
+                }
+                Write::Assign(node, Some(g)) => {
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO assignments (node, image, generation) VALUES (?1, ?2, ?3)",
+                    )?
+                    .execute(params![node, g.image, g.generation.0 as i64])?;
+                }
+                Write::Assign(node, None) => {
+                    tx.prepare_cached("DELETE FROM assignments WHERE node = ?1")?
+                        .execute(params![node])?;
                 }
                 Write::RemovePending(mac) => {
                     tx.prepare_cached("DELETE FROM pending WHERE mac = ?1")?

@@ -321,6 +321,8 @@ impl From<EventKind> for pb::EventKind {
             EventKind::InventoryReloaded => pb::EventKind::InventoryReloaded,
             EventKind::AdminCertIssued => pb::EventKind::AdminCertIssued,
             EventKind::AdminRefused => pb::EventKind::AdminRefused,
+            EventKind::Assigned => pb::EventKind::Assigned,
+            EventKind::BootFilesApplied => pb::EventKind::BootFilesApplied,
         }
     }
 }
@@ -348,6 +350,8 @@ impl TryFrom<pb::EventKind> for EventKind {
             pb::EventKind::InventoryReloaded => EventKind::InventoryReloaded,
             pb::EventKind::AdminCertIssued => EventKind::AdminCertIssued,
             pb::EventKind::AdminRefused => EventKind::AdminRefused,
+            pb::EventKind::Assigned => EventKind::Assigned,
+            pb::EventKind::BootFilesApplied => EventKind::BootFilesApplied,
         })
     }
 }

@@ -418,10 +418,14 @@ pub enum EventKind {
     InventoryReloaded,
     AdminCertIssued,
     AdminRefused,
+    /// A node's next-boot generation changed.
+    Assigned,
+    /// Boot files (DHCP, menus, exports) were written.
+    BootFilesApplied,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 18] = [
+    pub const ALL: [EventKind; 20] = [
         EventKind::CoordinatorStarted,
         EventKind::Enrolled,
         EventKind::EnrollPending,
@@ -440,6 +444,8 @@ impl EventKind {
         EventKind::InventoryReloaded,
         EventKind::AdminCertIssued,
         EventKind::AdminRefused,
+        EventKind::Assigned,
+        EventKind::BootFilesApplied,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -462,6 +468,8 @@ impl EventKind {
             EventKind::InventoryReloaded => "inventory-reloaded",
             EventKind::AdminCertIssued => "admin-cert-issued",
             EventKind::AdminRefused => "admin-refused",
+            EventKind::Assigned => "assigned",
+            EventKind::BootFilesApplied => "boot-files-applied",
         }
     }
 }

@@ -6,10 +6,11 @@
 //! one run.
 
 mod doc;
+mod network;
 mod nodes;
 mod sections;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -19,6 +20,7 @@ use std::time::Duration;
 use dfleet_proto::domain::{MacAddr, NodeName};
 
 use self::doc::{Ctx, LineIndex};
+use crate::boot::{BootPaths, DhcpFlavour, Loader, Subnet};
 
 /// The most nodes one `[[nodes]]` entry may expand to; more is a typo, not a cluster.
 pub const MAX_NODES_PER_ENTRY: usize = 100_000;
@@ -30,6 +32,11 @@ pub const DEFAULT_ADMIN_GROUP: &str = "dfleet-admin";
 pub const DEFAULT_COORDINATOR_NAME: &str = "dfleet-coordinator";
 pub const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_OVERLAY_SIZE: &str = "50%";
+pub const DEFAULT_EXPORT_ROOT: &str = "/srv/dfleet/images";
+pub const DEFAULT_TFTP_ROOT: &str = "/srv/tftp";
+pub const DEFAULT_DHCP_ROOT: &str = "/etc/dfleet/dhcp";
+pub const DEFAULT_EXPORTS_ROOT: &str = "/etc/dfleet/exports";
 
 /// A validated inventory: the cluster's settings and every node, ranges expanded.
 #[derive(Debug, Clone)]
@@ -40,6 +47,14 @@ pub struct Inventory {
     pub enrollment: EnrollmentConfig,
     pub health: HealthConfig,
     pub checks: Vec<CheckCommand>,
+    /// The `[boot]` table; `None` when the inventory does not describe a boot network.
+    pub boot: Option<BootSettings>,
+    /// The `[nfs]` table; `None` when the images are not served over NFS by this inventory.
+    pub nfs: Option<NfsSettings>,
+    /// The `[paths]` table, each root defaulted when absent.
+    pub paths: BootPaths,
+    /// The `[groups.NAME]` tables: boot settings shared by the nodes of a group.
+    pub groups: BTreeMap<String, NodeBoot>,
     /// Every node in file order, each range expanded in its own order.
     pub nodes: Vec<NodeEntry>,
     by_name: HashMap<String, usize>,
@@ -125,6 +140,61 @@ pub struct CheckCommand {
     pub timeout: Duration,
 }
 
+/// Boot settings that a `[[nodes]]` entry, a `[groups.NAME]` table or `[boot]` may give; each
+/// unset one falls through to the next (see [`Inventory::effective_boot`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeBoot {
+    pub loader: Option<Loader>,
+    /// Extra kernel arguments, added to (not replacing) those of the levels below.
+    pub kernel_args: Vec<String>,
+    /// Serial console, e.g. `ttyS0,115200`.
+    pub console: Option<String>,
+    /// Cap of the RAM upper layer in tmpfs `size=` syntax: `50%` or `4g`.
+    pub overlay_size: Option<String>,
+}
+
+/// The `[boot]` table: the boot network the management host serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootSettings {
+    /// The management host's interface on the boot network.
+    pub interface: String,
+    /// Holds every node's address, the router and the next server.
+    pub subnet: Subnet,
+    pub router: Option<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+    pub domain: Option<String>,
+    pub ntp: Vec<Ipv4Addr>,
+    /// The TFTP server nodes load loaders, menus and kernels from.
+    pub next_server: Ipv4Addr,
+    pub dhcp: DhcpFlavour,
+    /// `HOST:PORT` nodes reach the coordinator at; `None` leaves the choice to the caller.
+    pub coordinator: Option<String>,
+    /// The boot settings of nodes whose entry and groups do not give their own.
+    pub defaults: NodeBoot,
+}
+
+/// The `[nfs]` table: where the image generations are exported from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NfsSettings {
+    pub server: Ipv4Addr,
+    /// Directory holding `<image>/<generation>` trees.
+    pub export_root: PathBuf,
+    /// Whether dfleet writes the exports itself (else it prints what to export).
+    pub managed: bool,
+    /// The only client allowed to write; the server itself unless given.
+    pub management_host: Ipv4Addr,
+}
+
+/// A node's boot settings with every level applied: what its boot files say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedBoot {
+    pub loader: Loader,
+    /// `[boot]`'s, then each group's in the node's order, then the node's own.
+    pub kernel_args: Vec<String>,
+    pub console: Option<String>,
+    pub overlay_size: String,
+}
+
 /// One node, after range expansion.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeEntry {
@@ -133,6 +203,8 @@ pub struct NodeEntry {
     pub ip: Ipv4Addr,
     pub image: String,
     pub groups: Vec<String>,
+    /// The entry's own boot settings, before groups and `[boot]` are applied.
+    pub boot: NodeBoot,
     /// The line of the entry's `name` key in the inventory file (1-based).
     pub line: usize,
 }
@@ -211,50 +283,55 @@ impl Inventory {
         let root = doc::Table::root(&root);
         root.check_keys(
             &mut ctx,
-            &["cluster", "enrollment", "health", "checks", "nodes"],
+            &[
+                "cluster",
+                "enrollment",
+                "health",
+                "checks",
+                "boot",
+                "nfs",
+                "paths",
+                "groups",
+                "nodes",
+            ],
         );
         let cluster = sections::cluster(&mut ctx, &root);
         let enrollment = sections::enrollment(&mut ctx, &root);
         let health = sections::health(&mut ctx, &root);
         let checks = sections::checks(&mut ctx, &root);
-        let nodes = nodes::nodes(&mut ctx, &root, read_file);
+        let (boot, subnet) = network::boot(&mut ctx, &root);
+        let nfs = network::nfs(&mut ctx, &root);
+        let paths = network::paths(&mut ctx, &root);
+        let groups = network::groups(&mut ctx, &root);
+        let nodes = nodes::nodes(&mut ctx, &root, subnet, read_file);
         match cluster {
-            Some(cluster) if !ctx.has_problems() => Ok(Inventory::new(
-                path.to_path_buf(),
+            Some(cluster) if !ctx.has_problems() => Ok(Inventory {
+                path: path.to_path_buf(),
                 cluster,
                 enrollment,
                 health,
                 checks,
+                boot,
+                nfs,
+                paths,
+                groups,
                 nodes,
-            )),
+                by_name: HashMap::new(),
+                by_mac: HashMap::new(),
+            }
+            .indexed()),
             _ => Err(ctx.into_error()),
         }
     }
 
-    fn new(
-        path: PathBuf,
-        cluster: ClusterConfig,
-        enrollment: EnrollmentConfig,
-        health: HealthConfig,
-        checks: Vec<CheckCommand>,
-        nodes: Vec<NodeEntry>,
-    ) -> Inventory {
-        let by_name = nodes
-            .iter()
-            .enumerate()
+    fn indexed(mut self) -> Inventory {
+        let nodes = self.nodes.iter().enumerate();
+        self.by_name = nodes
+            .clone()
             .map(|(i, n)| (n.name.as_str().to_string(), i))
             .collect();
-        let by_mac = nodes.iter().enumerate().map(|(i, n)| (n.mac, i)).collect();
-        Inventory {
-            path,
-            cluster,
-            enrollment,
-            health,
-            checks,
-            nodes,
-            by_name,
-            by_mac,
-        }
+        self.by_mac = nodes.map(|(i, n)| (n.mac, i)).collect();
+        self
     }
 
     /// The node called `name`, if the inventory lists it.
@@ -276,6 +353,44 @@ impl Inventory {
             Some(Some(node)) if node.mac == *mac => Some(node),
             Some(_) => self.nodes.iter().find(|n| n.mac == *mac),
             None => None,
+        }
+    }
+
+    /// The node's effective boot settings: each of loader, console and overlay size from the
+    /// node's own entry, else its groups in the order it lists them, else `[boot]`'s defaults,
+    /// else the built-ins (pxelinux, `50%`). Kernel arguments add up instead, in the order the
+    /// kernel should see them: `[boot]`'s first, then each group's, then the node's, so that
+    /// the most specific one is last and wins where an argument is given twice.
+    pub fn effective_boot(&self, node: &NodeEntry) -> ResolvedBoot {
+        let defaults = self.boot.as_ref().map(|b| &b.defaults);
+        let groups: Vec<&NodeBoot> = node
+            .groups
+            .iter()
+            .filter_map(|g| self.groups.get(g))
+            .collect();
+        // Most specific first, the order in which a setting is looked for.
+        let levels: Vec<&NodeBoot> = std::iter::once(&node.boot)
+            .chain(groups.iter().copied())
+            .chain(defaults)
+            .collect();
+        // The order in which the kernel reads its arguments: groups keep the node's order.
+        let kernel_args = defaults
+            .into_iter()
+            .chain(groups)
+            .chain(std::iter::once(&node.boot))
+            .flat_map(|l| l.kernel_args.iter().cloned())
+            .collect();
+        ResolvedBoot {
+            loader: levels
+                .iter()
+                .find_map(|l| l.loader)
+                .unwrap_or(Loader::Pxelinux),
+            kernel_args,
+            console: levels.iter().find_map(|l| l.console.clone()),
+            overlay_size: levels
+                .iter()
+                .find_map(|l| l.overlay_size.clone())
+                .unwrap_or_else(|| DEFAULT_OVERLAY_SIZE.to_string()),
         }
     }
 }

@@ -5,11 +5,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod boot;
 pub mod duration;
 pub mod inventory;
 pub mod nodeset;
 
 pub use inventory::{
-    CheckCommand, ClusterConfig, EnrollmentConfig, EnrollmentPolicy, HealthConfig, Inventory,
-    InventoryError, NodeEntry, Problem,
+    BootSettings, CheckCommand, ClusterConfig, EnrollmentConfig, EnrollmentPolicy, HealthConfig,
+    Inventory, InventoryError, NfsSettings, NodeBoot, NodeEntry, Problem, ResolvedBoot,
 };

@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use dfleet_proto::domain::MacAddr;
+use dfleet_provisioner::boot::{BootPaths, DhcpFlavour, Loader, Subnet};
 use dfleet_provisioner::inventory::{
-    CheckCommand, ClusterConfig, EnrollmentConfig, EnrollmentPolicy, HealthConfig, Inventory,
+    BootSettings, CheckCommand, ClusterConfig, EnrollmentConfig, EnrollmentPolicy, HealthConfig,
+    Inventory, NfsSettings, NodeBoot, ResolvedBoot,
 };
 
 /// A valid `[cluster]` table of four lines: text appended to it starts at line 5.
@@ -107,18 +109,18 @@ fn the_fixture_uses_every_feature_and_loads() {
     assert_eq!(
         summary,
         [
-            "login1 52:54:00:00:00:01 10.0.0.1 login login 36",
-            "cn01 52:54:00:00:01:01 10.0.1.1 compute compute+rack1 43",
-            "cn02 52:54:00:00:01:02 10.0.1.2 compute compute+rack1 43",
-            "cn03 52:54:00:00:01:03 10.0.1.3 compute compute+rack1 43",
-            "cn04 52:54:00:00:01:04 10.0.1.4 compute compute+rack1 43",
-            "gpu1 52:54:00:00:02:01 10.0.2.10 compute-gpu compute+gpu 55",
-            "gpu2 52:54:00:00:02:0a 10.0.2.11 compute-gpu compute+gpu 55",
-            "gpu5 52:54:00:00:02:05 10.0.2.12 compute-gpu compute+gpu 55",
-            "rack1-sw1 52:54:00:00:03:01 10.0.3.1 switch-agent  62",
-            "rack1-sw2 52:54:00:00:03:02 10.0.3.2 switch-agent  62",
-            "rack2-sw1 52:54:00:00:03:03 10.0.3.3 switch-agent  62",
-            "rack2-sw2 52:54:00:00:03:04 10.0.3.4 switch-agent  62",
+            "login1 52:54:00:00:00:01 10.0.0.1 login login 73",
+            "cn01 52:54:00:00:01:01 10.0.1.1 compute compute+rack1 80",
+            "cn02 52:54:00:00:01:02 10.0.1.2 compute compute+rack1 80",
+            "cn03 52:54:00:00:01:03 10.0.1.3 compute compute+rack1 80",
+            "cn04 52:54:00:00:01:04 10.0.1.4 compute compute+rack1 80",
+            "gpu1 52:54:00:00:02:01 10.0.2.10 compute-gpu compute+gpu 93",
+            "gpu2 52:54:00:00:02:0a 10.0.2.11 compute-gpu compute+gpu 93",
+            "gpu5 52:54:00:00:02:05 10.0.2.12 compute-gpu compute+gpu 93",
+            "rack1-sw1 52:54:00:00:03:01 10.0.3.1 switch-agent  102",
+            "rack1-sw2 52:54:00:00:03:02 10.0.3.2 switch-agent  102",
+            "rack2-sw1 52:54:00:00:03:03 10.0.3.3 switch-agent  102",
+            "rack2-sw2 52:54:00:00:03:04 10.0.3.4 switch-agent  102",
         ]
     );
     assert_eq!(inv.node("gpu5").unwrap().ip, Ipv4Addr::new(10, 0, 2, 12));
@@ -131,6 +133,85 @@ fn the_fixture_uses_every_feature_and_loads() {
     );
     assert!(inv.node("gpu3").is_none());
     assert!(inv.node_by_mac(&mac("52:54:00:00:09:09")).is_none());
+
+    assert_eq!(
+        inv.boot,
+        Some(BootSettings {
+            interface: "eth1".into(),
+            subnet: Subnet {
+                network: Ipv4Addr::new(10, 0, 0, 0),
+                prefix: 22
+            },
+            router: Some(Ipv4Addr::new(10, 0, 3, 254)),
+            dns: vec![Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)],
+            domain: Some("cluster.example".into()),
+            ntp: vec![Ipv4Addr::new(10, 0, 0, 1)],
+            next_server: Ipv4Addr::new(10, 0, 0, 1),
+            dhcp: DhcpFlavour::Kea,
+            coordinator: Some("dfleet-coordinator.cluster.example:7443".into()),
+            defaults: NodeBoot {
+                loader: Some(Loader::Pxelinux),
+                kernel_args: vec!["quiet".into()],
+                console: Some("ttyS0,115200".into()),
+                overlay_size: Some("50%".into()),
+            },
+        })
+    );
+    assert_eq!(
+        inv.nfs,
+        Some(NfsSettings {
+            server: Ipv4Addr::new(10, 0, 0, 2),
+            export_root: "/export/dfleet".into(),
+            managed: false,
+            management_host: Ipv4Addr::new(10, 0, 0, 1),
+        })
+    );
+    assert_eq!(
+        inv.paths,
+        BootPaths {
+            tftp_root: "/var/lib/tftpboot".into(),
+            dhcp_root: "/etc/dfleet/dhcp.d".into(),
+            exports_root: "/etc/dfleet/exports.d".into(),
+        }
+    );
+    assert_eq!(
+        inv.groups.keys().collect::<Vec<_>>(),
+        ["compute", "gpu"],
+        "{:?}",
+        inv.groups
+    );
+    assert_eq!(
+        inv.groups["compute"],
+        NodeBoot {
+            loader: Some(Loader::Ipxe),
+            kernel_args: vec!["mitigations=off".into()],
+            console: Some("ttyS1,115200".into()),
+            overlay_size: Some("8g".into()),
+        }
+    );
+    assert_eq!(inv.node("cn03").unwrap().boot.loader, Some(Loader::GrubEfi));
+    let boot: Vec<String> = ["login1", "cn01", "gpu5", "rack2-sw1"]
+        .into_iter()
+        .map(|name| {
+            let b = inv.effective_boot(inv.node(name).unwrap());
+            format!(
+                "{name} {:?} {} {} {}",
+                b.loader,
+                b.kernel_args.join("+"),
+                b.console.unwrap_or_default(),
+                b.overlay_size
+            )
+        })
+        .collect();
+    assert_eq!(
+        boot,
+        [
+            "login1 Pxelinux quiet ttyS0,115200 50%",
+            "cn01 GrubEfi quiet+mitigations=off ttyS1,115200 8g",
+            "gpu5 Ipxe quiet+mitigations=off+nouveau.modeset=0+hugepages=64 tty0 8g",
+            "rack2-sw1 Pxelinux quiet ttyS0,115200 512m",
+        ]
+    );
 }
 
 #[test]
@@ -162,6 +243,17 @@ fn absent_optional_tables_and_keys_take_their_defaults() {
         Duration::from_secs(3600)
     );
     assert!(inv.checks.is_empty());
+    assert_eq!(inv.boot, None);
+    assert_eq!(inv.nfs, None);
+    assert_eq!(
+        inv.paths,
+        BootPaths {
+            tftp_root: "/srv/tftp".into(),
+            dhcp_root: "/etc/dfleet/dhcp".into(),
+            exports_root: "/etc/dfleet/exports".into(),
+        }
+    );
+    assert!(inv.groups.is_empty());
     assert!(inv.nodes.is_empty());
 }
 
@@ -198,9 +290,9 @@ group = ["login"]
             "cluster.toml:13: checks[0].cmd: unknown key `cmd`; expected one of: name, command, \
              timeout",
             "cluster.toml:19: nodes[0].group: unknown key `group`; expected one of: name, mac, \
-             macs, mac_file, ip, image, groups",
+             macs, mac_file, ip, image, groups, loader, kernel_args, console, overlay_size",
             "cluster.toml:20: foo: unknown key `foo`; expected one of: cluster, enrollment, \
-             health, checks, nodes",
+             health, checks, boot, nfs, paths, groups, nodes",
         ]
     );
 }
@@ -784,5 +876,447 @@ image = "compute"
             .name
             .as_str(),
         "cn3"
+    );
+}
+
+/// A valid `[boot]` table of four lines, for text appended to `BASE`: it spans lines 5 to 8.
+const BOOT: &str = "[boot]
+interface = \"eth1\"
+subnet = \"10.0.0.0/24\"
+next_server = \"10.0.0.1\"
+";
+
+/// One `[[nodes]]` entry at `ip` in groups `groups` (a TOML array), five lines long.
+fn node_entry(name: &str, ip: &str, groups: &str) -> String {
+    format!(
+        "[[nodes]]\nname = \"{name}\"\nmac = \"52:54:00:00:00:01\"\nip = \"{ip}\"\nimage = \"c\"\ngroups = {groups}\n"
+    )
+}
+
+#[test]
+fn boot_and_nfs_tables_take_their_defaults() {
+    let text = format!("{BASE}{BOOT}[nfs]\nserver = \"10.0.0.2\"\n");
+    let inv = parse(&text).unwrap();
+    assert_eq!(
+        inv.boot,
+        Some(BootSettings {
+            interface: "eth1".into(),
+            subnet: Subnet {
+                network: Ipv4Addr::new(10, 0, 0, 0),
+                prefix: 24
+            },
+            router: None,
+            dns: vec![],
+            domain: None,
+            ntp: vec![],
+            next_server: Ipv4Addr::new(10, 0, 0, 1),
+            dhcp: DhcpFlavour::Dnsmasq,
+            coordinator: None,
+            defaults: NodeBoot::default(),
+        })
+    );
+    assert_eq!(
+        inv.nfs,
+        Some(NfsSettings {
+            server: Ipv4Addr::new(10, 0, 0, 2),
+            export_root: "/srv/dfleet/images".into(),
+            managed: true,
+            management_host: Ipv4Addr::new(10, 0, 0, 2),
+        })
+    );
+}
+
+#[test]
+fn nfs_without_boot_and_boot_without_nfs_are_both_valid() {
+    let nfs_only = parse(&format!("{BASE}[nfs]\nserver = \"10.0.0.2\"\n")).unwrap();
+    assert_eq!(
+        (nfs_only.boot.is_none(), nfs_only.nfs.is_some()),
+        (true, true)
+    );
+    let boot_only = parse(&format!("{BASE}{BOOT}")).unwrap();
+    assert_eq!(
+        (boot_only.boot.is_some(), boot_only.nfs.is_none()),
+        (true, true)
+    );
+}
+
+#[test]
+fn unknown_keys_in_the_boot_tables_are_reported() {
+    let text = format!(
+        r#"{BASE}{BOOT}loder = "ipxe"
+[nfs]
+server = "10.0.0.2"
+exports = "/srv"
+[paths]
+tftp = "/srv/tftp"
+[groups.compute]
+kernel_arg = ["quiet"]
+{}bootloader = "ipxe"
+"#,
+        node_entry("cn1", "10.0.0.10", r#"["compute"]"#)
+    );
+    assert_eq!(
+        problems(&text),
+        [
+            "cluster.toml:9: boot.loder: unknown key `loder`; expected one of: interface, \
+             subnet, router, dns, domain, ntp, next_server, dhcp, coordinator, loader, \
+             kernel_args, console, overlay_size",
+            "cluster.toml:12: nfs.exports: unknown key `exports`; expected one of: server, \
+             export_root, managed, management_host",
+            "cluster.toml:14: paths.tftp: unknown key `tftp`; expected one of: tftp_root, \
+             dhcp_root, exports_root",
+            "cluster.toml:16: groups.compute.kernel_arg: unknown key `kernel_arg`; expected one \
+             of: loader, kernel_args, console, overlay_size",
+            "cluster.toml:23: nodes[0].bootloader: unknown key `bootloader`; expected one of: \
+             name, mac, macs, mac_file, ip, image, groups, loader, kernel_args, console, \
+             overlay_size",
+        ]
+    );
+}
+
+#[test]
+fn boot_and_nfs_required_keys_are_reported_at_their_table() {
+    let text = format!("{BASE}[boot]\ndhcp = \"isc\"\n[nfs]\nmanaged = false\n");
+    assert_eq!(
+        problems(&text),
+        [
+            "cluster.toml:5: boot.interface: missing required key `interface`",
+            "cluster.toml:5: boot.subnet: missing required key `subnet`",
+            "cluster.toml:5: boot.next_server: missing required key `next_server`",
+            "cluster.toml:7: nfs.server: missing required key `server`",
+        ]
+    );
+}
+
+#[test]
+fn boot_tables_of_the_wrong_type_are_reported() {
+    let text = format!("paths = \"/srv\"\n{BASE}[groups]\ncompute = \"ipxe\"\n");
+    assert_eq!(
+        problems(&text),
+        [
+            "cluster.toml:1: paths: expected a table [paths], found string",
+            "cluster.toml:7: groups.compute: no node is in group \"compute\" (a typo?); no \
+             [[nodes]] entry lists any group",
+            "cluster.toml:7: groups.compute: expected a table [groups.compute], found string",
+        ]
+    );
+}
+
+#[test]
+fn a_malformed_subnet_is_reported() {
+    for (subnet, message) in [
+        ("10.0.0.0", "malformed subnet \"10.0.0.0\""),
+        ("10.0.0/24", "malformed subnet \"10.0.0/24\""),
+        ("10.0.0.0/", "malformed subnet \"10.0.0.0/\""),
+        ("10.0.0.0/+8", "malformed subnet \"10.0.0.0/+8\""),
+    ] {
+        let text = format!(
+            "{BASE}[boot]\ninterface = \"eth1\"\nsubnet = \"{subnet}\"\nnext_server = \"10.0.0.1\"\n"
+        );
+        assert_eq!(
+            problems(&text),
+            [format!(
+                "cluster.toml:7: boot.subnet: {message}: expected NETWORK/PREFIX, e.g. \
+                 \"10.0.0.0/24\""
+            )]
+        );
+    }
+}
+
+#[test]
+fn a_subnet_prefix_over_32_is_refused() {
+    let text = format!(
+        "{BASE}[boot]\ninterface = \"eth1\"\nsubnet = \"10.0.0.0/33\"\nnext_server = \"10.0.0.1\"\n"
+    );
+    assert_eq!(
+        problems(&text),
+        [
+            "cluster.toml:7: boot.subnet: prefix length 33 in \"10.0.0.0/33\" is out of range: \
+             must be at most 32"
+        ]
+    );
+}
+
+#[test]
+fn a_subnet_with_host_bits_names_its_network() {
+    let text = format!(
+        "{BASE}[boot]\ninterface = \"eth1\"\nsubnet = \"10.0.0.5/24\"\nnext_server = \"10.0.0.1\"\n"
+    );
+    assert_eq!(
+        problems(&text),
+        [
+            "cluster.toml:7: boot.subnet: \"10.0.0.5/24\" is not a network address: 10.0.0.5 has \
+             host bits set in a /24; the network is 10.0.0.0/24"
+        ]
+    );
+}
+
+#[test]
+fn node_addresses_must_be_hosts_of_the_boot_subnet() {
+    let text = format!(
+        r#"{BASE}{BOOT}{}{}[[nodes]]
+name = "cn[1-5]"
+ip = "10.0.0.253"
+macs = ["52:54:00:00:01:01", "52:54:00:00:01:02", "52:54:00:00:01:03", "52:54:00:00:01:04", "52:54:00:00:01:05"]
+image = "c"
+"#,
+        node_entry("login1", "10.0.2.1", "[]").replace(":01\"", ":0a\""),
+        node_entry("login2", "10.0.0.0", "[]").replace(":01\"", ":0b\""),
+    );
+    assert_eq!(
+        problems(&text),
+        [
+            "cluster.toml:12: nodes[0].ip: login1's address 10.0.2.1 is outside the boot subnet \
+             10.0.0.0/24",
+            "cluster.toml:18: nodes[1].ip: login2's address 10.0.0.0 is the network address of \
+             the boot subnet 10.0.0.0/24",
+            "cluster.toml:23: nodes[2].ip: the addresses of 2 nodes are outside the boot subnet \
+             10.0.0.0/24: cn[4-5] (the first, cn4, has 10.0.1.0)",
+            "cluster.toml:23: nodes[2].ip: cn3's address 10.0.0.255 is the broadcast address of \
+             the boot subnet 10.0.0.0/24",
+        ]
+    );
+}
+
+#[test]
+fn node_addresses_are_checked_against_a_subnet_even_when_boot_has_other_problems() {
+    let text = format!(
+        "{BASE}[boot]\nsubnet = \"10.0.0.0/24\"\n{}",
+        node_entry("login1", "10.0.1.1", "[]")
+    );
+    assert_eq!(
+        problems(&text),
+        [
+            "cluster.toml:5: boot.interface: missing required key `interface`",
+            "cluster.toml:5: boot.next_server: missing required key `next_server`",
+            "cluster.toml:10: nodes[0].ip: login1's address 10.0.1.1 is outside the boot subnet \
+             10.0.0.0/24",
+        ]
+    );
+}
+
+#[test]
+fn router_and_next_server_must_be_hosts_of_the_boot_subnet() {
+    let text = format!(
+        "{BASE}[boot]\ninterface = \"eth1\"\nsubnet = \"10.0.0.0/24\"\nrouter = \"10.0.0.255\"\nnext_server = \"192.168.0.1\"\n"
+    );
+    assert_eq!(
+        problems(&text),
+        [
+            "cluster.toml:8: boot.router: router 10.0.0.255 is the broadcast address of the boot \
+             subnet 10.0.0.0/24",
+            "cluster.toml:9: boot.next_server: next_server 192.168.0.1 is outside the boot \
+             subnet 10.0.0.0/24",
+        ]
+    );
+}
+
+#[test]
+fn unknown_dhcp_servers_and_loaders_list_the_accepted_ones() {
+    let text = format!(
+        r#"{BASE}{BOOT}dhcp = "dhcpd"
+loader = "syslinux"
+[groups.compute]
+loader = "grub"
+{}loader = "efi"
+"#,
+        node_entry("cn1", "10.0.0.10", r#"["compute"]"#)
+    );
+    let loaders = "expected \"pxelinux\", \"grub-efi\" or \"ipxe\"";
+    assert_eq!(
+        problems(&text),
+        [
+            "cluster.toml:9: boot.dhcp: unknown DHCP server \"dhcpd\": expected \"isc\", \
+             \"dnsmasq\" or \"kea\""
+                .to_string(),
+            format!("cluster.toml:10: boot.loader: unknown loader \"syslinux\": {loaders}"),
+            format!("cluster.toml:12: groups.compute.loader: unknown loader \"grub\": {loaders}"),
+            format!("cluster.toml:19: nodes[0].loader: unknown loader \"efi\": {loaders}"),
+        ]
+    );
+}
+
+#[test]
+fn a_bad_overlay_size_is_reported_at_every_level() {
+    let text = format!(
+        r#"{BASE}{BOOT}overlay_size = "150%"
+[groups.compute]
+overlay_size = "4gb"
+{}overlay_size = 50
+"#,
+        node_entry("cn1", "10.0.0.10", r#"["compute"]"#)
+    );
+    let expected = "expected a share of RAM from \"1%\" to \"100%\" or a size such as \"4g\", \
+                    \"512m\" or \"2048k\"";
+    assert_eq!(
+        problems(&text),
+        [
+            format!("cluster.toml:9: boot.overlay_size: invalid overlay size \"150%\": {expected}"),
+            format!(
+                "cluster.toml:11: groups.compute.overlay_size: invalid overlay size \"4gb\": \
+                 {expected}"
+            ),
+            "cluster.toml:18: nodes[0].overlay_size: expected a string, found integer".to_string(),
+        ]
+    );
+}
+
+#[test]
+fn a_group_table_no_node_uses_is_reported_as_a_likely_typo() {
+    let text = format!(
+        "{BASE}[groups.comptue]\nloader = \"ipxe\"\n[groups.gpu]\nloader = \"ipxe\"\n{}",
+        node_entry("cn1", "10.0.0.10", r#"["compute", "gpu"]"#)
+    );
+    assert_eq!(
+        problems(&text),
+        [
+            "cluster.toml:5: groups.comptue: no node is in group \"comptue\" (a typo?); groups in \
+             use: compute, gpu"
+        ]
+    );
+}
+
+#[test]
+fn a_group_listed_by_an_entry_with_other_problems_still_counts_as_used() {
+    let text = format!(
+        "{BASE}[groups.gpu]\nloader = \"ipxe\"\n[[nodes]]\nname = \"gpu1\"\nip = \"10.0.0.10\"\nimage = \"c\"\ngroups = [\"gpu\"]\n"
+    );
+    assert_eq!(
+        problems(&text),
+        ["cluster.toml:7: nodes[0].mac: missing `mac`: a single node needs its MAC address"]
+    );
+}
+
+#[test]
+fn malformed_boot_values_are_all_reported_at_once() {
+    let text = format!(
+        r#"{BASE}[boot]
+interface = "eth1/2"
+subnet = "10.0.0.0/24"
+dns = ["10.0.0.1", "dns1"]
+domain = "cluster..example"
+ntp = "10.0.0.1"
+next_server = "10.0.0.1"
+coordinator = "10.0.0.1"
+kernel_args = ["quiet", "a b", ""]
+console = "console=ttyS0"
+[nfs]
+server = "10.0.0.2"
+export_root = "srv/images"
+managed = "yes"
+management_host = "mgmt"
+[paths]
+dhcp_root = "etc/dhcp"
+"#
+    );
+    assert_eq!(
+        problems(&text),
+        [
+            "cluster.toml:6: boot.interface: invalid interface name \"eth1/2\": expected 1 to 15 \
+             characters without '/', ':' or whitespace, e.g. \"eth1\"",
+            "cluster.toml:8: boot.dns[1]: malformed IPv4 address \"dns1\": expected e.g. \
+             \"10.0.0.1\"",
+            "cluster.toml:9: boot.domain: invalid DNS name \"cluster..example\": expected \
+             dot-separated labels of letters, digits and '-'",
+            "cluster.toml:10: boot.ntp: expected an array, found string",
+            "cluster.toml:12: boot.coordinator: malformed coordinator address \"10.0.0.1\": \
+             expected HOST:PORT, e.g. \"10.0.0.1:7443\"",
+            "cluster.toml:13: boot.kernel_args[1]: kernel argument \"a b\" contains whitespace: \
+             give each argument as its own string",
+            "cluster.toml:13: boot.kernel_args[2]: must not be empty",
+            "cluster.toml:14: boot.console: invalid console \"console=ttyS0\": expected a device \
+             and its options, e.g. \"ttyS0,115200\"",
+            "cluster.toml:17: nfs.export_root: expected an absolute path, found \"srv/images\"",
+            "cluster.toml:18: nfs.managed: expected true or false, found string",
+            "cluster.toml:19: nfs.management_host: malformed IPv4 address \"mgmt\": expected \
+             e.g. \"10.0.0.1\"",
+            "cluster.toml:21: paths.dhcp_root: expected an absolute path, found \"etc/dhcp\"",
+        ]
+    );
+}
+
+#[test]
+fn effective_boot_prefers_the_node_then_its_groups_in_order_then_boot_then_built_ins() {
+    let text = format!(
+        r#"{BASE}{BOOT}loader = "grub-efi"
+kernel_args = ["quiet"]
+console = "ttyS0,115200"
+overlay_size = "25%"
+[groups.a]
+loader = "ipxe"
+kernel_args = ["a=1"]
+[groups.b]
+loader = "pxelinux"
+kernel_args = ["b=1", "b=2"]
+console = "ttyS1,115200"
+[[nodes]]
+name = "n1"
+mac = "52:54:00:00:00:01"
+ip = "10.0.0.11"
+image = "c"
+groups = ["b", "a", "unconfigured"]
+kernel_args = ["n=1"]
+overlay_size = "2g"
+[[nodes]]
+name = "n2"
+mac = "52:54:00:00:00:02"
+ip = "10.0.0.12"
+image = "c"
+groups = ["a"]
+loader = "grub-efi"
+console = "tty0"
+[[nodes]]
+name = "n3"
+mac = "52:54:00:00:00:03"
+ip = "10.0.0.13"
+image = "c"
+"#
+    );
+    let inv = parse(&text).unwrap();
+    let resolved = |name: &str| inv.effective_boot(inv.node(name).unwrap());
+    let strings = |args: &[&str]| args.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        resolved("n1"),
+        ResolvedBoot {
+            loader: Loader::Pxelinux,
+            kernel_args: strings(&["quiet", "b=1", "b=2", "a=1", "n=1"]),
+            console: Some("ttyS1,115200".into()),
+            overlay_size: "2g".into(),
+        }
+    );
+    assert_eq!(
+        resolved("n2"),
+        ResolvedBoot {
+            loader: Loader::GrubEfi,
+            kernel_args: strings(&["quiet", "a=1"]),
+            console: Some("tty0".into()),
+            overlay_size: "25%".into(),
+        }
+    );
+    assert_eq!(
+        resolved("n3"),
+        ResolvedBoot {
+            loader: Loader::GrubEfi,
+            kernel_args: strings(&["quiet"]),
+            console: Some("ttyS0,115200".into()),
+            overlay_size: "25%".into(),
+        }
+    );
+    assert_eq!(inv.node("n1").unwrap().boot.kernel_args, ["n=1"]);
+
+    // Without [boot], the built-ins remain.
+    let bare = parse(&format!(
+        "{BASE}{}",
+        node_entry("n4", "10.0.0.14", r#"["x"]"#)
+    ))
+    .unwrap();
+    assert_eq!(
+        bare.effective_boot(&bare.nodes[0]),
+        ResolvedBoot {
+            loader: Loader::Pxelinux,
+            kernel_args: vec![],
+            console: None,
+            overlay_size: "50%".into(),
+        }
     );
 }

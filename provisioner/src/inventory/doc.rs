@@ -206,7 +206,7 @@ impl<'p> Ctx<'p> {
                 self.report(
                     &value.span(),
                     parent.field(key),
-                    format!("expected a table [{key}], found {found}"),
+                    format!("expected a table [{}], found {found}", parent.field(key)),
                 );
                 None
             }
@@ -294,6 +294,17 @@ impl<'t, 'i> Table<'t, 'i> {
         self.table.get(key)
     }
 
+    /// The table's keys with the span of each key, in file order.
+    pub(super) fn keys(&self) -> Vec<(&'t str, Range<usize>)> {
+        let mut keys: Vec<_> = self
+            .table
+            .keys()
+            .map(|key| (key.get_ref().as_ref(), key.span()))
+            .collect();
+        keys.sort_by_key(|(_, span)| span.start);
+        keys
+    }
+
     /// The line of the table's header (or of its first key for the root).
     pub(super) fn line(&self, ctx: &Ctx<'_>) -> usize {
         ctx.line(&self.span)
@@ -366,6 +377,12 @@ pub(super) fn absolute_path(value: &DeValue<'_>) -> Result<PathBuf, String> {
         return Err(format!("expected an absolute path, found {s:?}"));
     }
     Ok(path)
+}
+
+pub(super) fn boolean(value: &DeValue<'_>) -> Result<bool, String> {
+    value
+        .as_bool()
+        .ok_or_else(|| expected("true or false", value))
 }
 
 pub(super) fn socket_addr(value: &DeValue<'_>) -> Result<SocketAddr, String> {

@@ -11,10 +11,12 @@ use dfleet_proto::domain::{MacAddr, NodeName};
 use toml::de::DeValue;
 
 use super::doc::{self, Ctx, Need, Table};
+use super::network::{self, NODE_BOOT_KEYS};
 use super::{MAX_NODES_PER_ENTRY, MAX_NODES_TOTAL, NodeEntry};
+use crate::boot::Subnet;
 use crate::nodeset;
 
-const NODE_KEYS: &[&str] = &["name", "mac", "macs", "mac_file", "ip", "image", "groups"];
+const NODE_KEYS: [&str; 7] = ["name", "mac", "macs", "mac_file", "ip", "image", "groups"];
 const MAC_KEYS: [&str; 3] = ["mac", "macs", "mac_file"];
 
 /// Reads MAC files named by `mac_file`, relative paths already resolved.
@@ -47,18 +49,33 @@ struct FirstUse {
     ips: HashMap<Ipv4Addr, (NodeName, usize)>,
 }
 
+/// What every entry is checked against.
+struct Shared<'r, 's> {
+    read_file: &'r mut ReadFile<'s>,
+    /// `[boot]`'s subnet, which holds every node's address.
+    subnet: Option<Subnet>,
+    first: FirstUse,
+    /// Nodes expanded so far, for the inventory's size limit.
+    total: u128,
+}
+
 /// Reads every `[[nodes]]` entry, reporting problems into `ctx`. The nodes returned are complete
 /// only if no problem was reported.
 pub(super) fn nodes(
     ctx: &mut Ctx<'_>,
     root: &Table<'_, '_>,
+    subnet: Option<Subnet>,
     read_file: &mut ReadFile<'_>,
 ) -> Vec<NodeEntry> {
-    let mut first = FirstUse::default();
-    let mut total = 0u128;
+    let mut shared = Shared {
+        read_file,
+        subnet,
+        first: FirstUse::default(),
+        total: 0,
+    };
     let mut out = Vec::new();
     for t in ctx.tables(root, "nodes").into_iter().flatten() {
-        entry(ctx, &t, read_file, &mut first, &mut total, &mut out);
+        entry(ctx, &t, &mut shared, &mut out);
     }
     out
 }
@@ -66,12 +83,11 @@ pub(super) fn nodes(
 fn entry(
     ctx: &mut Ctx<'_>,
     t: &Table<'_, '_>,
-    read_file: &mut ReadFile<'_>,
-    first: &mut FirstUse,
-    total: &mut u128,
+    shared: &mut Shared<'_, '_>,
     out: &mut Vec<NodeEntry>,
 ) {
-    t.check_keys(ctx, NODE_KEYS);
+    let known: Vec<&str> = NODE_KEYS.iter().chain(&NODE_BOOT_KEYS).copied().collect();
+    t.check_keys(ctx, &known);
     let pattern = ctx.read(t, "name", Need::Required, doc::non_empty_string);
     let name_line = t.value_line(ctx, "name").unwrap_or_else(|| t.line(ctx));
     let start_ip = ctx.read(t, "ip", Need::Required, doc::ipv4);
@@ -84,15 +100,26 @@ fn entry(
         .into_iter()
         .map(|(g, _)| g)
         .collect();
+    let boot = network::node_boot(ctx, t);
 
     let names = pattern
         .as_deref()
-        .and_then(|p| expand_names(ctx, t, p, name_line, total));
-    let macs = assign_macs(ctx, t, pattern.as_deref(), names.as_deref(), read_file);
+        .and_then(|p| expand_names(ctx, t, p, name_line, &mut shared.total));
+    let macs = assign_macs(
+        ctx,
+        t,
+        pattern.as_deref(),
+        names.as_deref(),
+        shared.read_file,
+    );
     let Some(names) = names else {
         return;
     };
     let ips = start_ip.and_then(|start| addresses(ctx, t, start, names.len(), ip_line));
+    if let (Some(subnet), Some(ips)) = (shared.subnet, &ips) {
+        network::check_addresses(ctx, &t.field("ip"), ip_line, subnet, &names, ips);
+    }
+    let first = &mut shared.first;
 
     let is_range = pattern
         .as_deref()
@@ -166,6 +193,7 @@ fn entry(
                 ip,
                 image: image.clone(),
                 groups: groups.clone(),
+                boot: boot.clone(),
                 line: name_line,
             });
         }

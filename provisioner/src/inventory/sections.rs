@@ -224,9 +224,19 @@ fn policy(value: &toml::de::DeValue<'_>) -> Result<EnrollmentPolicy, String> {
     }
 }
 
-/// A DNS name as used for the TLS server name: dot-separated labels of letters, digits and '-'.
-fn dns_name(value: &toml::de::DeValue<'_>) -> Result<String, String> {
+/// A DNS name as used for the TLS server name or the boot network's domain.
+pub(super) fn dns_name(value: &toml::de::DeValue<'_>) -> Result<String, String> {
     let s = doc::string(value)?;
+    if !is_dns_name(&s) {
+        return Err(format!(
+            "invalid DNS name {s:?}: expected dot-separated labels of letters, digits and '-'"
+        ));
+    }
+    Ok(s)
+}
+
+/// Whether `s` is dot-separated labels of letters, digits and '-'.
+pub(super) fn is_dns_name(s: &str) -> bool {
     let label_ok = |label: &str| {
         !label.is_empty()
             && label.len() <= 63
@@ -236,10 +246,5 @@ fn dns_name(value: &toml::de::DeValue<'_>) -> Result<String, String> {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-')
     };
-    if s.len() > 253 || !s.split('.').all(label_ok) {
-        return Err(format!(
-            "invalid DNS name {s:?}: expected dot-separated labels of letters, digits and '-'"
-        ));
-    }
-    Ok(s)
+    s.len() <= 253 && s.split('.').all(label_ok)
 }
