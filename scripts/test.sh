@@ -28,6 +28,9 @@ command -v ssh-keygen >/dev/null || missing+=(openssh-client)
 [ -x /usr/bin/busybox ] || missing+=(busybox)
 command -v curl >/dev/null || missing+=(curl)
 command -v ip >/dev/null || missing+=(iproute2)
+# Boot loaders dfleet copies into the TFTP root.
+[ -f /usr/lib/PXELINUX/pxelinux.0 ] || missing+=(pxelinux)
+[ -f /usr/lib/syslinux/modules/bios/ldlinux.c32 ] || missing+=(syslinux-common)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing packages ${missing[*]}: run as root or install them" >&2

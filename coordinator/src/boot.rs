@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use dfleet_provisioner::boot::write::{self, Changes, Hooks};
-use dfleet_provisioner::boot::{GeneratedFile, check, plan, render};
+use dfleet_provisioner::boot::{GeneratedFile, check, loaders, plan, render};
 use dfleet_provisioner::inventory::Inventory;
 use tokio::sync::Mutex;
 use tonic::Status;
@@ -49,7 +49,18 @@ pub async fn files(fleet: &FleetHandle) -> Result<(Arc<Inventory>, Vec<Generated
     let (inv, assignments) = fleet.ask(|reply| Command::BootInputs { reply }).await?;
     let p = plan::plan(&inv, &assignments, &default_coordinator(&inv))
         .map_err(|e| Status::failed_precondition(e.to_string()))?;
-    Ok((inv, render::render(&p)))
+    let mut files = render::render(&p);
+    // The loaders come from this host's packages; the menus name them.
+    let loaders = tokio::task::spawn_blocking(move || loaders::loader_files(&p, Path::new("/")))
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|missing| {
+            let lines: Vec<String> = missing.iter().map(ToString::to_string).collect();
+            Status::failed_precondition(lines.join("\n"))
+        })?;
+    files.extend(loaders);
+    files.sort_by(|a, b| (a.tree, &a.path).cmp(&(b.tree, &b.path)));
+    Ok((inv, files))
 }
 
 fn write_status(e: write::WriteError) -> Status {
@@ -85,6 +96,8 @@ pub async fn apply(
     let (inv, files) = files(fleet).await?;
     let manifest = writer.manifest.clone();
     let scratch = writer.manifest.with_extension("check");
+    let inv_paths = inv.paths.clone();
+    let reload = inv.boot.as_ref().map(|b| b.dhcp_reload.clone());
     let (changes, checks) = tokio::task::spawn_blocking(move || {
         let mut checks = Vec::new();
         let flavour = inv.boot.as_ref().map(|b| b.dhcp);
@@ -92,7 +105,10 @@ pub async fn apply(
         // daemon before anything is replaced.
         let mut validate = |_staged: &[write::Staged]| -> Result<(), String> {
             if let Some(flavour) = flavour {
-                checks.push(check::check_dhcp(flavour, &files, &scratch)?);
+                checks.push(format!(
+                    "checked: {}",
+                    check::check_dhcp(flavour, &files, &scratch)?
+                ));
             }
             Ok(())
         };
@@ -111,6 +127,16 @@ pub async fn apply(
     .await
     .map_err(|e| Status::internal(e.to_string()))?
     .map_err(write_status)?;
+    let mut checks = checks;
+    let dhcp_changed = changes
+        .created
+        .iter()
+        .chain(&changes.changed)
+        .chain(&changes.removed)
+        .any(|p| p.starts_with(&inv_paths.dhcp_root));
+    if dhcp_changed && let Some(argv) = reload {
+        checks.push(reload_dhcp(&argv).await);
+    }
     if !changes.is_empty() {
         let _ = fleet
             .send(Command::BootApplied {
@@ -125,4 +151,29 @@ pub async fn apply(
             .await;
     }
     Ok((changes, checks))
+}
+
+/// Tells the DHCP server to re-read its configuration. The files are in
+/// place already, so a failure here is reported, not undone.
+async fn reload_dhcp(argv: &[String]) -> String {
+    let Some((program, args)) = argv.split_first() else {
+        return "reload: no command configured".into();
+    };
+    let shown = argv.join(" ");
+    let run = tokio::process::Command::new(program)
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(std::time::Duration::from_secs(30), run).await {
+        Ok(Ok(out)) if out.status.success() => format!("reload: {shown}: ok"),
+        Ok(Ok(out)) => format!(
+            "reload: {shown} failed ({}): {} — the new files are in place; reload the DHCP server by hand",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Ok(Err(e)) => {
+            format!("reload: {shown} could not run: {e} — reload the DHCP server by hand")
+        }
+        Err(_) => format!("reload: {shown} timed out after 30 s"),
+    }
 }

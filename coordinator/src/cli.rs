@@ -396,7 +396,7 @@ async fn pxe(cli: &Cli, command: &PxeCommand) -> Result<()> {
                 .map_err(status_err)?
                 .into_inner();
             for v in &d.validation {
-                println!("checked: {v}");
+                println!("{v}");
             }
             print!("{}", changes_text(&d));
         }

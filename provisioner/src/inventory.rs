@@ -169,6 +169,10 @@ pub struct BootSettings {
     pub dhcp: DhcpFlavour,
     /// `HOST:PORT` nodes reach the coordinator at; `None` leaves the choice to the caller.
     pub coordinator: Option<String>,
+    /// What `pxe apply` runs after changing DHCP files, as an argument vector
+    /// (default: `systemctl reload dnsmasq`, `systemctl reload
+    /// kea-dhcp4-server` or `systemctl restart isc-dhcp-server`).
+    pub dhcp_reload: Vec<String>,
     /// The boot settings of nodes whose entry and groups do not give their own.
     pub defaults: NodeBoot,
 }

@@ -109,18 +109,18 @@ fn the_fixture_uses_every_feature_and_loads() {
     assert_eq!(
         summary,
         [
-            "login1 52:54:00:00:00:01 10.0.0.1 login login 73",
-            "cn01 52:54:00:00:01:01 10.0.1.1 compute compute+rack1 80",
-            "cn02 52:54:00:00:01:02 10.0.1.2 compute compute+rack1 80",
-            "cn03 52:54:00:00:01:03 10.0.1.3 compute compute+rack1 80",
-            "cn04 52:54:00:00:01:04 10.0.1.4 compute compute+rack1 80",
-            "gpu1 52:54:00:00:02:01 10.0.2.10 compute-gpu compute+gpu 93",
-            "gpu2 52:54:00:00:02:0a 10.0.2.11 compute-gpu compute+gpu 93",
-            "gpu5 52:54:00:00:02:05 10.0.2.12 compute-gpu compute+gpu 93",
-            "rack1-sw1 52:54:00:00:03:01 10.0.3.1 switch-agent  102",
-            "rack1-sw2 52:54:00:00:03:02 10.0.3.2 switch-agent  102",
-            "rack2-sw1 52:54:00:00:03:03 10.0.3.3 switch-agent  102",
-            "rack2-sw2 52:54:00:00:03:04 10.0.3.4 switch-agent  102",
+            "login1 52:54:00:00:00:01 10.0.0.1 login login 74",
+            "cn01 52:54:00:00:01:01 10.0.1.1 compute compute+rack1 81",
+            "cn02 52:54:00:00:01:02 10.0.1.2 compute compute+rack1 81",
+            "cn03 52:54:00:00:01:03 10.0.1.3 compute compute+rack1 81",
+            "cn04 52:54:00:00:01:04 10.0.1.4 compute compute+rack1 81",
+            "gpu1 52:54:00:00:02:01 10.0.2.10 compute-gpu compute+gpu 94",
+            "gpu2 52:54:00:00:02:0a 10.0.2.11 compute-gpu compute+gpu 94",
+            "gpu5 52:54:00:00:02:05 10.0.2.12 compute-gpu compute+gpu 94",
+            "rack1-sw1 52:54:00:00:03:01 10.0.3.1 switch-agent  103",
+            "rack1-sw2 52:54:00:00:03:02 10.0.3.2 switch-agent  103",
+            "rack2-sw1 52:54:00:00:03:03 10.0.3.3 switch-agent  103",
+            "rack2-sw2 52:54:00:00:03:04 10.0.3.4 switch-agent  103",
         ]
     );
     assert_eq!(inv.node("gpu5").unwrap().ip, Ipv4Addr::new(10, 0, 2, 12));
@@ -149,6 +149,12 @@ fn the_fixture_uses_every_feature_and_loads() {
             next_server: Ipv4Addr::new(10, 0, 0, 1),
             dhcp: DhcpFlavour::Kea,
             coordinator: Some("dfleet-coordinator.cluster.example:7443".into()),
+            dhcp_reload: vec![
+                "keactrl".into(),
+                "reload".into(),
+                "-s".into(),
+                "dhcp4".into()
+            ],
             defaults: NodeBoot {
                 loader: Some(Loader::Pxelinux),
                 kernel_args: vec!["quiet".into()],
@@ -912,6 +918,7 @@ fn boot_and_nfs_tables_take_their_defaults() {
             next_server: Ipv4Addr::new(10, 0, 0, 1),
             dhcp: DhcpFlavour::Dnsmasq,
             coordinator: None,
+            dhcp_reload: vec!["systemctl".into(), "reload".into(), "dnsmasq".into()],
             defaults: NodeBoot::default(),
         })
     );
@@ -959,7 +966,7 @@ kernel_arg = ["quiet"]
         problems(&text),
         [
             "cluster.toml:9: boot.loder: unknown key `loder`; expected one of: interface, \
-             subnet, router, dns, domain, ntp, next_server, dhcp, coordinator, loader, \
+             subnet, router, dns, domain, ntp, next_server, dhcp, coordinator, dhcp_reload, loader, \
              kernel_args, console, overlay_size",
             "cluster.toml:12: nfs.exports: unknown key `exports`; expected one of: server, \
              export_root, managed, management_host",

@@ -34,6 +34,7 @@ domain = "test.example"
 next_server = "10.99.0.1"
 dhcp = "dnsmasq"
 console = "ttyS0,115200"
+dhcp_reload = ["sh", "-c", "echo reloaded >> {reloads}"]
 
 [nfs]
 server = "10.99.0.1"
@@ -47,6 +48,7 @@ exports_root = "{exports}"
         tftp = dir.join("tftp").display(),
         dhcp = dir.join("dhcp").display(),
         exports = dir.join("exports").display(),
+        reloads = dir.join("reloads").display(),
     ));
     t
 }
@@ -76,6 +78,16 @@ async fn assign_renders_menus_apply_is_validated_and_idempotent() -> Result<()> 
     assert!(menu.contains("/srv/dfleet/images/compute/3"), "{menu}");
     assert!(menu.contains("console=ttyS0,115200"), "{menu}");
     assert!(dir.path().join("dhcp/dnsmasq.conf").exists());
+    // The loader comes from this host's pxelinux package.
+    assert_eq!(
+        std::fs::read(dir.path().join("tftp/pxelinux.0"))?,
+        std::fs::read("/usr/lib/PXELINUX/pxelinux.0")?
+    );
+    // The DHCP server was told to re-read its configuration, once.
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("reloads"))?,
+        "reloaded\n"
+    );
 
     // Nothing left to do: diff and apply agree.
     let diff = c.cli(&["pxe", "diff"]).await?;
@@ -119,6 +131,12 @@ async fn assign_renders_menus_apply_is_validated_and_idempotent() -> Result<()> 
     assert_eq!(
         std::fs::read_to_string(dir.path().join("tftp/pxelinux.cfg/admins-note"))?,
         "keep me"
+    );
+    // cn03's dnsmasq host entry went too, so the server was reloaded again.
+    assert!(applied.contains("reload: sh -c"), "{applied}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("reloads"))?,
+        "reloaded\nreloaded\n"
     );
     Ok(())
 }

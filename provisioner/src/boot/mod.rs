@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use dfleet_proto::domain::{GenerationRef, MacAddr};
 
 pub mod check;
+pub mod loaders;
 pub mod plan;
 pub mod render;
 pub mod write;

@@ -19,7 +19,7 @@ use crate::nodeset;
 /// The keys of [`NodeBoot`], accepted in `[boot]`, `[groups.NAME]` and `[[nodes]]`.
 pub(super) const NODE_BOOT_KEYS: [&str; 4] = ["loader", "kernel_args", "console", "overlay_size"];
 
-const BOOT_KEYS: [&str; 9] = [
+const BOOT_KEYS: [&str; 10] = [
     "interface",
     "subnet",
     "router",
@@ -29,6 +29,7 @@ const BOOT_KEYS: [&str; 9] = [
     "next_server",
     "dhcp",
     "coordinator",
+    "dhcp_reload",
 ];
 
 /// Reads `[boot]`. Its subnet is returned on its own as well, so that node addresses are checked
@@ -53,6 +54,14 @@ pub(super) fn boot(
         .read(&t, "dhcp", Need::Optional, dhcp)
         .unwrap_or(DhcpFlavour::Dnsmasq);
     let coordinator = ctx.read(&t, "coordinator", Need::Optional, host_port);
+    let dhcp_reload = ctx.list(&t, "dhcp_reload", Need::Optional, doc::non_empty_string);
+    if let (Some([]), Some(value)) = (dhcp_reload.as_deref(), t.get("dhcp_reload")) {
+        ctx.report(
+            &value.span(),
+            t.field("dhcp_reload"),
+            "must name at least the program to run",
+        );
+    }
     let defaults = node_boot(ctx, &t);
     if let Some(subnet) = subnet {
         // Nodes reach both directly: DHCP hands out the router, and the next server is where
@@ -83,11 +92,26 @@ pub(super) fn boot(
             next_server,
             dhcp,
             coordinator,
+            dhcp_reload: dhcp_reload
+                .map(|l| l.into_iter().map(|(s, _)| s).collect())
+                .unwrap_or_else(|| default_reload(dhcp)),
             defaults,
         }),
         _ => None,
     };
     (settings, subnet)
+}
+
+/// How the DHCP server of each flavour is told to re-read its configuration:
+/// dnsmasq and Kea reload on SIGHUP (their units' reload), dhcpd needs a
+/// restart.
+fn default_reload(flavour: DhcpFlavour) -> Vec<String> {
+    let (verb, unit) = match flavour {
+        DhcpFlavour::Dnsmasq => ("reload", "dnsmasq"),
+        DhcpFlavour::Kea => ("reload", "kea-dhcp4-server"),
+        DhcpFlavour::Isc => ("restart", "isc-dhcp-server"),
+    };
+    vec!["systemctl".into(), verb.into(), unit.into()]
 }
 
 pub(super) fn nfs(ctx: &mut Ctx<'_>, root: &Table<'_, '_>) -> Option<NfsSettings> {
