@@ -202,7 +202,10 @@ fn backup_name(target: &Path) -> PathBuf {
     target.with_file_name(format!(".{name}.dfleet-old"))
 }
 
-fn write_synced(path: &Path, bytes: &[u8], mode: u32) -> Result<(), WriteError> {
+/// Writes a file; with `sync`, waits until it is on disk. Staged files are
+/// written unsynced and made durable together by [`sync_roots`], which is
+/// one `syncfs` per tree instead of one fsync per file.
+fn write_file(path: &Path, bytes: &[u8], mode: u32, sync: bool) -> Result<(), WriteError> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(io("creating", dir))?;
     }
@@ -216,15 +219,22 @@ fn write_synced(path: &Path, bytes: &[u8], mode: u32) -> Result<(), WriteError> 
     f.set_permissions(fs::Permissions::from_mode(mode))
         .map_err(io("setting the mode of", path))?;
     f.write_all(bytes).map_err(io("writing", path))?;
-    f.sync_all().map_err(io("syncing", path))
+    if sync {
+        f.sync_all().map_err(io("syncing", path))?;
+    }
+    Ok(())
 }
 
-fn sync_dir(path: &Path) {
-    if let Some(dir) = path.parent()
-        && let Ok(d) = fs::File::open(dir)
-    {
-        let _ = d.sync_all();
+/// Flushes the filesystems holding the trees: file data before the renames
+/// that publish it, and the renames themselves after.
+fn sync_roots(paths: &BootPaths) -> Result<(), WriteError> {
+    for root in [&paths.tftp_root, &paths.dhcp_root, &paths.exports_root] {
+        if let Ok(dir) = fs::File::open(root) {
+            rustix::fs::syncfs(&dir)
+                .map_err(|e| io("syncing the filesystem of", root)(e.into()))?;
+        }
     }
+    Ok(())
 }
 
 /// One step of the commit, undone on failure.
@@ -261,17 +271,28 @@ pub fn apply(
     let changes = diff(files, paths, &manifest)?;
     let mut new_manifest = Manifest::default();
     let mut staged = Vec::new();
+    let to_write: std::collections::HashSet<&PathBuf> =
+        changes.created.iter().chain(&changes.changed).collect();
     for f in files {
         let t = target(paths, f)?;
         new_manifest.files.insert(t.clone(), hash(&f.bytes));
-        if changes.created.contains(&t) || changes.changed.contains(&t) {
+        if to_write.contains(&t) {
             let s = staged_name(&t);
-            if let Err(e) = write_synced(&s, &f.bytes, f.mode) {
+            if let Err(e) = write_file(&s, &f.bytes, f.mode, false) {
                 cleanup(&staged);
                 return Err(e);
             }
             staged.push((t, s));
         }
+    }
+    if changes.is_empty() && new_manifest == manifest {
+        // Nothing to replace, remove or record.
+        (hooks.validate)(&staged).map_err(WriteError::Invalid)?;
+        return Ok(changes);
+    }
+    if let Err(e) = sync_roots(paths) {
+        cleanup(&staged);
+        return Err(e);
     }
     if let Err(e) = (hooks.validate)(&staged) {
         cleanup(&staged);
@@ -290,19 +311,19 @@ pub fn apply(
                 done.push(Done::Created(t.clone()));
             }
             fs::rename(s, t).map_err(io("renaming into place", t))?;
-            sync_dir(t);
         }
         for r in &changes.removed {
             (hooks.before_step)(step).map_err(io("removing", r))?;
             step += 1;
             fs::rename(r, backup_name(r)).map_err(io("removing", r))?;
             done.push(Done::Removed(r.clone()));
-            sync_dir(r);
         }
-        write_synced(
+        sync_roots(paths)?;
+        write_file(
             &manifest_path.with_extension("new"),
             new_manifest.render().as_bytes(),
             0o644,
+            true,
         )?;
         fs::rename(manifest_path.with_extension("new"), manifest_path)
             .map_err(io("renaming into place", manifest_path))?;
