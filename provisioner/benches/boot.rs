@@ -268,7 +268,7 @@ fn main() {
     }
     assert_eq!(changes.created.len(), files.len());
     rows.push(Row {
-        operation: "first apply (empty tree, fsync per file)".into(),
+        operation: "first apply (empty tree)".into(),
         files: changes.created.len().to_string(),
         times,
         target: None,
