@@ -163,6 +163,7 @@ pub async fn run(
         .client_auth_optional(true);
 
     let inventory_path = inv.path.clone();
+    let dhcp_log = inv.boot.as_ref().and_then(|b| b.dhcp_log.clone());
     let fleet = Fleet::new(
         inv,
         loaded,
@@ -228,6 +229,14 @@ pub async fn run(
                 })
                 .await
                 .context("admin socket")
+        });
+    }
+    if let Some(log) = dhcp_log {
+        let fleet = fleet.clone();
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            crate::dhcp_log::watch(log, fleet, stop).await;
+            Ok(())
         });
     }
     if let Some(metrics) = listeners.metrics {

@@ -229,6 +229,11 @@ pub enum Command {
     BootInputs {
         reply: oneshot::Sender<(Arc<Inventory>, HashMap<String, GenerationRef>)>,
     },
+    /// The DHCP server's log shows a request from `mac`.
+    Discovered {
+        mac: MacAddr,
+        line: String,
+    },
     /// Records that boot files were written.
     BootApplied {
         detail: String,
@@ -665,6 +670,7 @@ impl Fleet {
             Command::BootInputs { reply } => {
                 let _ = reply.send((self.inv.clone(), self.assignments.clone()));
             }
+            Command::Discovered { mac, line } => self.discovered(mac, &line),
             Command::BootApplied { detail, actor } => {
                 self.emit(EventKind::BootFilesApplied, "", detail, &actor);
             }
@@ -1177,6 +1183,35 @@ impl Fleet {
             actor,
         );
         Ok(format!("approved {node}; it enrolls at its next retry"))
+    }
+
+    /// A DHCP request from a MAC the inventory does not know is listed as a
+    /// discovered machine (once; later requests update its last-seen time).
+    fn discovered(&mut self, mac: MacAddr, line: &str) {
+        if self.inv.node_by_mac(&mac).is_some() {
+            return;
+        }
+        let unspecified = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+        let key = mac.to_string();
+        let known_key = self
+            .pending
+            .get(&key)
+            .map(|p| p.public_key.clone())
+            .unwrap_or_default();
+        if let Ok(true) = self.remember_pending(
+            &key,
+            unspecified,
+            "",
+            "DHCP request, not in the inventory",
+            known_key,
+        ) {
+            self.emit(
+                EventKind::Discovered,
+                "",
+                format!("{mac} asked for a lease: {line}"),
+                "",
+            );
+        }
     }
 
     /// Sets the generation nodes boot next; connected agents hear of it at

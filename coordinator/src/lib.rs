@@ -6,6 +6,7 @@ pub mod cli;
 pub mod client;
 pub mod daemon;
 pub mod demo;
+pub mod dhcp_log;
 pub mod fleet;
 pub mod metrics;
 pub mod neighbour;

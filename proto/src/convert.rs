@@ -323,6 +323,7 @@ impl From<EventKind> for pb::EventKind {
             EventKind::AdminRefused => pb::EventKind::AdminRefused,
             EventKind::Assigned => pb::EventKind::Assigned,
             EventKind::BootFilesApplied => pb::EventKind::BootFilesApplied,
+            EventKind::Discovered => pb::EventKind::Discovered,
         }
     }
 }
@@ -352,6 +353,7 @@ impl TryFrom<pb::EventKind> for EventKind {
             pb::EventKind::AdminRefused => EventKind::AdminRefused,
             pb::EventKind::Assigned => EventKind::Assigned,
             pb::EventKind::BootFilesApplied => EventKind::BootFilesApplied,
+            pb::EventKind::Discovered => EventKind::Discovered,
         })
     }
 }

@@ -422,10 +422,12 @@ pub enum EventKind {
     Assigned,
     /// Boot files (DHCP, menus, exports) were written.
     BootFilesApplied,
+    /// A machine the inventory does not know asked the DHCP server for a lease.
+    Discovered,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 20] = [
+    pub const ALL: [EventKind; 21] = [
         EventKind::CoordinatorStarted,
         EventKind::Enrolled,
         EventKind::EnrollPending,
@@ -446,6 +448,7 @@ impl EventKind {
         EventKind::AdminRefused,
         EventKind::Assigned,
         EventKind::BootFilesApplied,
+        EventKind::Discovered,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -470,6 +473,7 @@ impl EventKind {
             EventKind::AdminRefused => "admin-refused",
             EventKind::Assigned => "assigned",
             EventKind::BootFilesApplied => "boot-files-applied",
+            EventKind::Discovered => "discovered",
         }
     }
 }

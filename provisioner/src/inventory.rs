@@ -173,6 +173,9 @@ pub struct BootSettings {
     /// (default: `systemctl reload dnsmasq`, `systemctl reload
     /// kea-dhcp4-server` or `systemctl restart isc-dhcp-server`).
     pub dhcp_reload: Vec<String>,
+    /// The DHCP server's log, read for requests from MACs the inventory does
+    /// not know (they show in `dfleet node pending`).
+    pub dhcp_log: Option<PathBuf>,
     /// The boot settings of nodes whose entry and groups do not give their own.
     pub defaults: NodeBoot,
 }

@@ -155,6 +155,7 @@ fn the_fixture_uses_every_feature_and_loads() {
                 "-s".into(),
                 "dhcp4".into()
             ],
+            dhcp_log: None,
             defaults: NodeBoot {
                 loader: Some(Loader::Pxelinux),
                 kernel_args: vec!["quiet".into()],
@@ -919,6 +920,7 @@ fn boot_and_nfs_tables_take_their_defaults() {
             dhcp: DhcpFlavour::Dnsmasq,
             coordinator: None,
             dhcp_reload: vec!["systemctl".into(), "reload".into(), "dnsmasq".into()],
+            dhcp_log: None,
             defaults: NodeBoot::default(),
         })
     );
@@ -966,7 +968,7 @@ kernel_arg = ["quiet"]
         problems(&text),
         [
             "cluster.toml:9: boot.loder: unknown key `loder`; expected one of: interface, \
-             subnet, router, dns, domain, ntp, next_server, dhcp, coordinator, dhcp_reload, loader, \
+             subnet, router, dns, domain, ntp, next_server, dhcp, coordinator, dhcp_reload, dhcp_log, loader, \
              kernel_args, console, overlay_size",
             "cluster.toml:12: nfs.exports: unknown key `exports`; expected one of: server, \
              export_root, managed, management_host",

@@ -195,12 +195,22 @@ async fn dnsmasq_serves_the_reserved_address_boot_file_menu_and_kernel() -> Resu
         &Settings::default(),
     );
     toml.push_str(&format!(
-        "\n[boot]\ninterface = \"{iface}\"\nsubnet = \"10.99.0.0/24\"\nnext_server = \"10.99.0.1\"\ndhcp = \"dnsmasq\"\ndhcp_reload = [\"true\"]\n\n[nfs]\nserver = \"10.99.0.1\"\n\n[paths]\ntftp_root = \"{tftp}\"\ndhcp_root = \"{dhcp}\"\nexports_root = \"{exports}\"\n",
+        "\n[boot]\ninterface = \"{iface}\"\nsubnet = \"10.99.0.0/24\"\nnext_server = \"10.99.0.1\"\ndhcp = \"dnsmasq\"\ndhcp_reload = [\"true\"]\ndhcp_log = \"{log}\"\n\n[nfs]\nserver = \"10.99.0.1\"\n\n[paths]\ntftp_root = \"{tftp}\"\ndhcp_root = \"{dhcp}\"\nexports_root = \"{exports}\"\n",
         iface = net.server_if,
         tftp = tftp.display(),
         dhcp = dir.path().join("dhcp").display(),
         exports = dir.path().join("exports").display(),
+        log = dir.path().join("dhcp.log").display(),
     ));
+    // dnsmasq's log, as the coordinator reads it (copied from its stderr).
+    let log_path = dir.path().join("dhcp.log");
+    std::fs::write(&log_path, "")?;
+    let append = |line: &str| -> Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log_path)?;
+        writeln!(f, "{line}")?;
+        Ok(())
+    };
     let c = Coordinator::start(dir.path(), &toml).await?;
     c.cli(&["node", "assign", "cn01", "compute:3"]).await?;
     // The kernel of generation 3, as an image publish would have copied it.
@@ -241,18 +251,25 @@ async fn dnsmasq_serves_the_reserved_address_boot_file_menu_and_kernel() -> Resu
             .context("dnsmasq did not start")??
             .with_context(|| format!("dnsmasq exited: {}", seen.join("\n")))?;
         let ready = line.contains("TFTP root is");
+        append(&line)?;
         seen.push(line);
         if ready {
             break;
         }
     }
+    let log_file = log_path.clone();
     let log_task = tokio::spawn(async move {
         let mut rest = Vec::new();
         while let Ok(Some(l)) = log.next_line().await {
+            use std::io::Write;
+            if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&log_file) {
+                let _ = writeln!(f, "{l}");
+            }
             rest.push(l);
         }
         rest
     });
+    let mut events = c.watch().await?;
 
     // The node's MAC gets its reserved address and its boot file.
     net.client_mac(&node.mac).await?;
@@ -313,6 +330,19 @@ async fn dnsmasq_serves_the_reserved_address_boot_file_menu_and_kernel() -> Resu
     assert!(
         stranger.is_none(),
         "an unknown MAC got a lease: {stranger:?}"
+    );
+
+    // The coordinator read the request in dnsmasq's log: a discovered machine.
+    let e = events
+        .wait_for("discovered", |e| {
+            e.kind == dfleet_proto::domain::EventKind::Discovered
+        })
+        .await?;
+    assert!(e.detail.contains("52:54:00:b1:00:99"), "{}", e.detail);
+    let pending = c.cli(&["node", "pending"]).await?;
+    assert!(
+        pending.contains("52:54:00:b1:00:99") && pending.contains("DHCP request"),
+        "{pending}"
     );
 
     let _ = dnsmasq.kill().await;

@@ -19,7 +19,7 @@ use crate::nodeset;
 /// The keys of [`NodeBoot`], accepted in `[boot]`, `[groups.NAME]` and `[[nodes]]`.
 pub(super) const NODE_BOOT_KEYS: [&str; 4] = ["loader", "kernel_args", "console", "overlay_size"];
 
-const BOOT_KEYS: [&str; 10] = [
+const BOOT_KEYS: [&str; 11] = [
     "interface",
     "subnet",
     "router",
@@ -30,6 +30,7 @@ const BOOT_KEYS: [&str; 10] = [
     "dhcp",
     "coordinator",
     "dhcp_reload",
+    "dhcp_log",
 ];
 
 /// Reads `[boot]`. Its subnet is returned on its own as well, so that node addresses are checked
@@ -55,6 +56,7 @@ pub(super) fn boot(
         .unwrap_or(DhcpFlavour::Dnsmasq);
     let coordinator = ctx.read(&t, "coordinator", Need::Optional, host_port);
     let dhcp_reload = ctx.list(&t, "dhcp_reload", Need::Optional, doc::non_empty_string);
+    let dhcp_log = ctx.read(&t, "dhcp_log", Need::Optional, doc::absolute_path);
     if let (Some([]), Some(value)) = (dhcp_reload.as_deref(), t.get("dhcp_reload")) {
         ctx.report(
             &value.span(),
@@ -95,6 +97,7 @@ pub(super) fn boot(
             dhcp_reload: dhcp_reload
                 .map(|l| l.into_iter().map(|(s, _)| s).collect())
                 .unwrap_or_else(|| default_reload(dhcp)),
+            dhcp_log,
             defaults,
         }),
         _ => None,
