@@ -36,7 +36,9 @@ pub const DEFAULT_OVERLAY_SIZE: &str = "50%";
 pub const DEFAULT_EXPORT_ROOT: &str = "/srv/dfleet/images";
 pub const DEFAULT_TFTP_ROOT: &str = "/srv/tftp";
 pub const DEFAULT_DHCP_ROOT: &str = "/etc/dfleet/dhcp";
-pub const DEFAULT_EXPORTS_ROOT: &str = "/etc/dfleet/exports";
+/// Where the kernel NFS server reads extra exports (`exportfs` reads only
+/// `*.exports` there, so the ganesha file beside them is left alone).
+pub const DEFAULT_EXPORTS_ROOT: &str = "/etc/exports.d";
 
 /// A validated inventory: the cluster's settings and every node, ranges expanded.
 #[derive(Debug, Clone)]

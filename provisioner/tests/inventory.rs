@@ -257,7 +257,7 @@ fn absent_optional_tables_and_keys_take_their_defaults() {
         BootPaths {
             tftp_root: "/srv/tftp".into(),
             dhcp_root: "/etc/dfleet/dhcp".into(),
-            exports_root: "/etc/dfleet/exports".into(),
+            exports_root: "/etc/exports.d".into(),
         }
     );
     assert!(inv.groups.is_empty());

@@ -1,4 +1,4 @@
-//! nfs-ganesha: `ganesha.conf` serving every assigned generation over NFSv3
+//! nfs-ganesha: `dfleet-ganesha.conf` serving every assigned generation over NFSv3
 //! on fixed TCP ports, so nodes and firewalls need no portmapper lookups.
 
 use std::collections::BTreeSet;
@@ -8,7 +8,7 @@ use super::exports::exported_paths;
 use super::{HEADER, lines_to_text, text_file};
 use crate::boot::{BootPlan, GeneratedFile, Tree};
 
-/// `ganesha.conf`.
+/// `dfleet-ganesha.conf` (include it from `/etc/ganesha/ganesha.conf`).
 pub(super) fn render(plan: &BootPlan) -> GeneratedFile {
     let mut lines = vec![
         format!("# {HEADER}"),
@@ -24,7 +24,7 @@ pub(super) fn render(plan: &BootPlan) -> GeneratedFile {
         lines.push(String::new());
         lines.extend(export_block(plan, path, id));
     }
-    text_file(Tree::Exports, "ganesha.conf", lines_to_text(&lines))
+    text_file(Tree::Exports, "dfleet-ganesha.conf", lines_to_text(&lines))
 }
 
 fn core_params() -> Vec<String> {
