@@ -39,7 +39,7 @@ fn default_coordinator(inv: &Inventory) -> String {
         return String::new();
     };
     match (first.ip().is_unspecified(), &inv.boot) {
-        (true, Some(b)) => SocketAddr::new(b.next_server.into(), first.port()).to_string(),
+        (true, Some(b)) => SocketAddr::new(b.network.next_server.into(), first.port()).to_string(),
         _ => first.to_string(),
     }
 }
@@ -100,7 +100,7 @@ pub async fn apply(
     let reload = inv.boot.as_ref().map(|b| b.dhcp_reload.clone());
     let (changes, checks) = tokio::task::spawn_blocking(move || {
         let mut checks = Vec::new();
-        let flavour = inv.boot.as_ref().map(|b| b.dhcp);
+        let flavour = inv.boot.as_ref().map(|b| b.network.dhcp);
         // The whole DHCP configuration as it will be is checked by the real
         // daemon before anything is replaced.
         let mut validate = |_staged: &[write::Staged]| -> Result<(), String> {

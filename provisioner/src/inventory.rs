@@ -20,7 +20,7 @@ use std::time::Duration;
 use dfleet_proto::domain::{MacAddr, NodeName};
 
 use self::doc::{Ctx, LineIndex};
-use crate::boot::{BootPaths, DhcpFlavour, Loader, Subnet};
+use crate::boot::{BootNetwork, BootPaths, Loader};
 
 /// The most nodes one `[[nodes]]` entry may expand to; more is a typo, not a cluster.
 pub const MAX_NODES_PER_ENTRY: usize = 100_000;
@@ -158,17 +158,9 @@ pub struct NodeBoot {
 /// The `[boot]` table: the boot network the management host serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootSettings {
-    /// The management host's interface on the boot network.
-    pub interface: String,
-    /// Holds every node's address, the router and the next server.
-    pub subnet: Subnet,
-    pub router: Option<Ipv4Addr>,
-    pub dns: Vec<Ipv4Addr>,
-    pub domain: Option<String>,
-    pub ntp: Vec<Ipv4Addr>,
-    /// The TFTP server nodes load loaders, menus and kernels from.
-    pub next_server: Ipv4Addr,
-    pub dhcp: DhcpFlavour,
+    /// Interface, subnet, router, DNS, NTP, next server and DHCP flavour:
+    /// the same type the renderers read.
+    pub network: BootNetwork,
     /// `HOST:PORT` nodes reach the coordinator at; `None` leaves the choice to the caller.
     pub coordinator: Option<String>,
     /// What `pxe apply` runs after changing DHCP files, as an argument vector

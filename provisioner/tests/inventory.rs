@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use dfleet_proto::domain::MacAddr;
-use dfleet_provisioner::boot::{BootPaths, DhcpFlavour, Loader, Subnet};
+use dfleet_provisioner::boot::{BootNetwork, BootPaths, DhcpFlavour, Loader, Subnet};
 use dfleet_provisioner::inventory::{
     BootSettings, CheckCommand, ClusterConfig, EnrollmentConfig, EnrollmentPolicy, HealthConfig,
     Inventory, NfsSettings, NodeBoot, ResolvedBoot,
@@ -137,17 +137,19 @@ fn the_fixture_uses_every_feature_and_loads() {
     assert_eq!(
         inv.boot,
         Some(BootSettings {
-            interface: "eth1".into(),
-            subnet: Subnet {
-                network: Ipv4Addr::new(10, 0, 0, 0),
-                prefix: 22
+            network: BootNetwork {
+                interface: "eth1".into(),
+                subnet: Subnet {
+                    network: Ipv4Addr::new(10, 0, 0, 0),
+                    prefix: 22
+                },
+                router: Some(Ipv4Addr::new(10, 0, 3, 254)),
+                dns: vec![Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)],
+                domain: Some("cluster.example".into()),
+                ntp: vec![Ipv4Addr::new(10, 0, 0, 1)],
+                next_server: Ipv4Addr::new(10, 0, 0, 1),
+                dhcp: DhcpFlavour::Kea,
             },
-            router: Some(Ipv4Addr::new(10, 0, 3, 254)),
-            dns: vec![Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)],
-            domain: Some("cluster.example".into()),
-            ntp: vec![Ipv4Addr::new(10, 0, 0, 1)],
-            next_server: Ipv4Addr::new(10, 0, 0, 1),
-            dhcp: DhcpFlavour::Kea,
             coordinator: Some("dfleet-coordinator.cluster.example:7443".into()),
             dhcp_reload: vec![
                 "keactrl".into(),
@@ -907,17 +909,19 @@ fn boot_and_nfs_tables_take_their_defaults() {
     assert_eq!(
         inv.boot,
         Some(BootSettings {
-            interface: "eth1".into(),
-            subnet: Subnet {
-                network: Ipv4Addr::new(10, 0, 0, 0),
-                prefix: 24
+            network: BootNetwork {
+                interface: "eth1".into(),
+                subnet: Subnet {
+                    network: Ipv4Addr::new(10, 0, 0, 0),
+                    prefix: 24
+                },
+                router: None,
+                dns: vec![],
+                domain: None,
+                ntp: vec![],
+                next_server: Ipv4Addr::new(10, 0, 0, 1),
+                dhcp: DhcpFlavour::Dnsmasq,
             },
-            router: None,
-            dns: vec![],
-            domain: None,
-            ntp: vec![],
-            next_server: Ipv4Addr::new(10, 0, 0, 1),
-            dhcp: DhcpFlavour::Dnsmasq,
             coordinator: None,
             dhcp_reload: vec!["systemctl".into(), "reload".into(), "dnsmasq".into()],
             dhcp_log: None,

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use dfleet_proto::domain::GenerationRef;
 
-use super::{BootImage, BootNetwork, BootNode, BootPlan, NfsConfig};
+use super::{BootImage, BootNode, BootPlan, NfsConfig};
 use crate::inventory::Inventory;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -68,16 +68,7 @@ pub fn plan(
     Ok(BootPlan {
         cluster: inv.cluster.name.clone(),
         paths: inv.paths.clone(),
-        network: BootNetwork {
-            interface: boot.interface.clone(),
-            subnet: boot.subnet,
-            router: boot.router,
-            dns: boot.dns.clone(),
-            domain: boot.domain.clone(),
-            ntp: boot.ntp.clone(),
-            next_server: boot.next_server,
-            dhcp: boot.dhcp,
-        },
+        network: boot.network.clone(),
         nfs: NfsConfig {
             server: nfs.server,
             export_root: nfs.export_root.clone(),

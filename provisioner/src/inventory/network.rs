@@ -13,7 +13,7 @@ use super::{
     BootSettings, DEFAULT_DHCP_ROOT, DEFAULT_EXPORT_ROOT, DEFAULT_EXPORTS_ROOT, DEFAULT_TFTP_ROOT,
     NfsSettings, NodeBoot,
 };
-use crate::boot::{BootPaths, DhcpFlavour, Loader, Subnet};
+use crate::boot::{BootNetwork, BootPaths, DhcpFlavour, Loader, Subnet};
 use crate::nodeset;
 
 /// The keys of [`NodeBoot`], accepted in `[boot]`, `[groups.NAME]` and `[[nodes]]`.
@@ -85,14 +85,16 @@ pub(super) fn boot(
     };
     let settings = match (interface, subnet, next_server) {
         (Some(interface), Some(subnet), Some(next_server)) => Some(BootSettings {
-            interface,
-            subnet,
-            router,
-            dns: addresses(dns),
-            domain,
-            ntp: addresses(ntp),
-            next_server,
-            dhcp,
+            network: BootNetwork {
+                interface,
+                subnet,
+                router,
+                dns: addresses(dns),
+                domain,
+                ntp: addresses(ntp),
+                next_server,
+                dhcp,
+            },
             coordinator,
             dhcp_reload: dhcp_reload
                 .map(|l| l.into_iter().map(|(s, _)| s).collect())
