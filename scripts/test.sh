@@ -31,6 +31,7 @@ command -v ip >/dev/null || missing+=(iproute2)
 # Boot loaders dfleet copies into the TFTP root.
 [ -f /usr/lib/PXELINUX/pxelinux.0 ] || missing+=(pxelinux)
 [ -f /usr/lib/syslinux/modules/bios/ldlinux.c32 ] || missing+=(syslinux-common)
+[ -f /usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed ] || missing+=(grub-efi-amd64-signed)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing packages ${missing[*]}: run as root or install them" >&2

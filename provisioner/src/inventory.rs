@@ -382,10 +382,7 @@ impl Inventory {
             .flat_map(|l| l.kernel_args.iter().cloned())
             .collect();
         ResolvedBoot {
-            loader: levels
-                .iter()
-                .find_map(|l| l.loader)
-                .unwrap_or(Loader::Pxelinux),
+            loader: levels.iter().find_map(|l| l.loader).unwrap_or(Loader::Auto),
             kernel_args,
             console: levels.iter().find_map(|l| l.console.clone()),
             overlay_size: levels

@@ -1135,7 +1135,7 @@ loader = "grub"
 "#,
         node_entry("cn1", "10.0.0.10", r#"["compute"]"#)
     );
-    let loaders = "expected \"pxelinux\", \"grub-efi\" or \"ipxe\"";
+    let loaders = "expected \"auto\", \"pxelinux\", \"grub-efi\" or \"ipxe\"";
     assert_eq!(
         problems(&text),
         [
@@ -1326,7 +1326,7 @@ image = "c"
     assert_eq!(
         bare.effective_boot(&bare.nodes[0]),
         ResolvedBoot {
-            loader: Loader::Pxelinux,
+            loader: Loader::Auto,
             kernel_args: vec![],
             console: None,
             overlay_size: "50%".into(),

@@ -77,6 +77,7 @@ pub fn sample_plan(root: &Path, dhcp: DhcpFlavour) -> BootPlan {
             grub,
             node("cpu-02", 3, Loader::Ipxe, Some(image("compute", 7))),
             node("spare-01", 4, Loader::Pxelinux, None),
+            node("cpu-03", 5, Loader::Auto, Some(image("compute", 8))),
         ],
     }
 }

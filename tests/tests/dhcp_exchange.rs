@@ -132,8 +132,9 @@ impl Drop for Net {
     }
 }
 
-/// The DHCP answer udhcpc got, as its script saw it.
-async fn lease(net: &Net, dir: &Path, tries: &str) -> Result<Option<String>> {
+/// The DHCP answer udhcpc got, as its script saw it. `arch` is the client
+/// architecture (option 93) the request carries, as UEFI firmware sends it.
+async fn lease(net: &Net, dir: &Path, tries: &str, arch: Option<u16>) -> Result<Option<String>> {
     let out = dir.join("lease.env");
     let _ = std::fs::remove_file(&out);
     let script = dir.join("udhcpc.sh");
@@ -158,6 +159,7 @@ async fn lease(net: &Net, dir: &Path, tries: &str) -> Result<Option<String>> {
         ])
         .args(["-n", "-q", "-f", "-t", tries, "-T", "1", "-s"])
         .arg(&script)
+        .args(arch.map(|a| format!("-x0x5d:{a:04x}")))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -188,10 +190,15 @@ async fn dnsmasq_serves_the_reserved_address_boot_file_menu_and_kernel() -> Resu
         mac: "52:54:00:b1:00:01".into(),
         ip: "10.99.0.11".parse()?,
     };
+    let uefi = TestNode {
+        name: "cn02".into(),
+        mac: "52:54:00:b1:00:02".into(),
+        ip: "10.99.0.12".parse()?,
+    };
     let tftp = dir.path().join("tftp");
     let mut toml = cluster_toml(
         dir.path(),
-        std::slice::from_ref(&node),
+        &[node.clone(), uefi.clone()],
         &Settings::default(),
     );
     toml.push_str(&format!(
@@ -271,9 +278,23 @@ async fn dnsmasq_serves_the_reserved_address_boot_file_menu_and_kernel() -> Resu
     });
     let mut events = c.watch().await?;
 
-    // The node's MAC gets its reserved address and its boot file.
+    // Both nodes have the default loader, "auto": firmware that says it is
+    // UEFI x64 (option 93 = 7) gets GRUB.
+    net.client_mac(&uefi.mac).await?;
+    let env = lease(&net, dir.path(), "5", Some(7))
+        .await?
+        .context("no lease for the UEFI node's MAC")?;
+    assert_eq!(var(&env, "ip"), Some("10.99.0.12"), "{env}");
+    assert_eq!(
+        var(&env, "boot_file"),
+        Some("grubx64.efi"),
+        "{env}\n{}",
+        std::fs::read_to_string(&log_path)?
+    );
+
+    // BIOS firmware (option 93 = 0, or none) gets its reserved address and pxelinux.
     net.client_mac(&node.mac).await?;
-    let env = lease(&net, dir.path(), "5")
+    let env = lease(&net, dir.path(), "5", Some(0))
         .await?
         .context("no lease for the inventory MAC")?;
     assert_eq!(var(&env, "ip"), Some("10.99.0.11"), "{env}");
@@ -326,7 +347,7 @@ async fn dnsmasq_serves_the_reserved_address_boot_file_menu_and_kernel() -> Resu
 
     // A MAC the inventory does not know gets nothing.
     net.client_mac("52:54:00:b1:00:99").await?;
-    let stranger = lease(&net, dir.path(), "3").await?;
+    let stranger = lease(&net, dir.path(), "3", None).await?;
     assert!(
         stranger.is_none(),
         "an unknown MAC got a lease: {stranger:?}"

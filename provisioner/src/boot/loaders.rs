@@ -25,36 +25,49 @@ pub struct Source {
     pub package: &'static str,
 }
 
-/// The files `loader` needs in the TFTP root.
-pub fn sources(loader: Loader) -> &'static [Source] {
+const PXELINUX_SOURCES: [Source; 2] = [
+    Source {
+        name: PXELINUX,
+        system_path: "/usr/lib/PXELINUX/pxelinux.0",
+        package: "pxelinux",
+    },
+    Source {
+        name: "ldlinux.c32",
+        system_path: "/usr/lib/syslinux/modules/bios/ldlinux.c32",
+        package: "syslinux-common",
+    },
+];
+
+const GRUB_SOURCE: Source = Source {
+    name: GRUB_EFI,
+    system_path: "/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed",
+    package: "grub-efi-amd64-signed",
+};
+
+const IPXE_SOURCE: Source = Source {
+    name: IPXE_FIRST_STAGE,
+    system_path: "/usr/lib/ipxe/undionly.kpxe",
+    package: "ipxe",
+};
+
+/// The files `loader` needs in the TFTP root (`auto` needs both BIOS and
+/// UEFI loaders, since the firmware decides).
+pub fn sources(loader: Loader) -> Vec<Source> {
     match loader {
-        Loader::Pxelinux => &[
-            Source {
-                name: PXELINUX,
-                system_path: "/usr/lib/PXELINUX/pxelinux.0",
-                package: "pxelinux",
-            },
-            Source {
-                name: "ldlinux.c32",
-                system_path: "/usr/lib/syslinux/modules/bios/ldlinux.c32",
-                package: "syslinux-common",
-            },
-        ],
-        Loader::Ipxe => &[Source {
-            name: IPXE_FIRST_STAGE,
-            system_path: "/usr/lib/ipxe/undionly.kpxe",
-            package: "ipxe",
-        }],
-        Loader::GrubEfi => &[Source {
-            name: GRUB_EFI,
-            system_path: "/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed",
-            package: "grub-efi-amd64-signed",
-        }],
+        Loader::Auto => {
+            let mut all = PXELINUX_SOURCES.to_vec();
+            all.push(GRUB_SOURCE);
+            all
+        }
+        Loader::Pxelinux => PXELINUX_SOURCES.to_vec(),
+        Loader::Ipxe => vec![IPXE_SOURCE],
+        Loader::GrubEfi => vec![GRUB_SOURCE],
     }
 }
 
 fn loader_name(l: Loader) -> &'static str {
     match l {
+        Loader::Auto => "auto",
         Loader::Pxelinux => "pxelinux",
         Loader::GrubEfi => "grub-efi",
         Loader::Ipxe => "ipxe",
@@ -70,24 +83,31 @@ pub fn loader_files(
     let mut used: Vec<Loader> = plan.nodes.iter().map(|n| n.loader).collect();
     used.sort_by_key(|l| loader_name(*l));
     used.dedup();
-    let mut files = Vec::new();
-    let mut missing = Vec::new();
+    // Each file once, named after the first loader (by name) that needs it.
+    let mut needed: Vec<(Loader, Source)> = Vec::new();
     for loader in used {
         for s in sources(loader) {
-            let path = system_root.join(s.system_path.trim_start_matches('/'));
-            match std::fs::read(&path) {
-                Ok(bytes) => files.push(GeneratedFile {
-                    tree: Tree::Tftp,
-                    path: PathBuf::from(s.name),
-                    bytes,
-                    mode: 0o644,
-                }),
-                Err(_) => missing.push(MissingLoader {
-                    loader: loader_name(loader),
-                    path: PathBuf::from(s.system_path),
-                    package: s.package,
-                }),
+            if !needed.iter().any(|(_, n)| n.name == s.name) {
+                needed.push((loader, s));
             }
+        }
+    }
+    let mut files = Vec::new();
+    let mut missing = Vec::new();
+    for (loader, s) in needed {
+        let path = system_root.join(s.system_path.trim_start_matches('/'));
+        match std::fs::read(&path) {
+            Ok(bytes) => files.push(GeneratedFile {
+                tree: Tree::Tftp,
+                path: PathBuf::from(s.name),
+                bytes,
+                mode: 0o644,
+            }),
+            Err(_) => missing.push(MissingLoader {
+                loader: loader_name(loader),
+                path: PathBuf::from(s.system_path),
+                package: s.package,
+            }),
         }
     }
     if missing.is_empty() {
@@ -163,6 +183,19 @@ mod tests {
         assert_eq!(names, vec!["pxelinux.0", "ldlinux.c32"]);
         assert_eq!(files[0].bytes, b"pxelinux.0");
         assert_eq!(files[0].mode, 0o644);
+    }
+
+    #[test]
+    fn auto_and_pxelinux_nodes_share_the_bios_files_and_auto_adds_grub() {
+        let root = tempfile::tempdir().unwrap();
+        for s in sources(Loader::Auto) {
+            let p = root.path().join(s.system_path.trim_start_matches('/'));
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, s.name).unwrap();
+        }
+        let files = loader_files(&plan(&[Loader::Pxelinux, Loader::Auto]), root.path()).unwrap();
+        let names: Vec<_> = files.iter().map(|f| f.path.display().to_string()).collect();
+        assert_eq!(names, vec!["pxelinux.0", "ldlinux.c32", "grubx64.efi"]);
     }
 
     #[test]

@@ -31,8 +31,12 @@ pub enum DhcpFlavour {
 /// How a node's firmware loads its kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Loader {
-    /// BIOS PXE with pxelinux.
+    /// Chosen by the client architecture the firmware sends (DHCP option 93,
+    /// RFC 4578): UEFI x64 (7 and 9) gets GRUB, everything else pxelinux.
+    /// The node gets both menus.
     #[default]
+    Auto,
+    /// BIOS PXE with pxelinux.
     Pxelinux,
     /// UEFI with GRUB (grubx64.efi).
     GrubEfi,

@@ -346,11 +346,12 @@ fn dhcp(value: &DeValue<'_>) -> Result<DhcpFlavour, String> {
 
 fn loader(value: &DeValue<'_>) -> Result<Loader, String> {
     match doc::string(value)?.as_str() {
+        "auto" => Ok(Loader::Auto),
         "pxelinux" => Ok(Loader::Pxelinux),
         "grub-efi" => Ok(Loader::GrubEfi),
         "ipxe" => Ok(Loader::Ipxe),
         other => Err(format!(
-            "unknown loader {other:?}: expected \"pxelinux\", \"grub-efi\" or \"ipxe\""
+            "unknown loader {other:?}: expected \"auto\", \"pxelinux\", \"grub-efi\" or \"ipxe\""
         )),
     }
 }

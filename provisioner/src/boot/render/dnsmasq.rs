@@ -1,7 +1,7 @@
 //! dnsmasq as DHCP and TFTP server only: `dnsmasq.conf`, and one file per node
 //! in a hosts directory dnsmasq reads new and changed files from by itself.
 
-use super::{HEADER, chained_file, first_stage_file, lines_to_text, text_file};
+use super::{BootFile, HEADER, UEFI_X64_ARCHES, boot_file, lines_to_text, text_file};
 use crate::boot::{BootNode, BootPlan, GeneratedFile, Loader, Tree};
 
 /// The hosts directory under the DHCP root. dnsmasq ignores files whose names
@@ -12,7 +12,15 @@ const HOSTS_DIR: &str = "dnsmasq.hosts";
 /// The tag dnsmasq sets on a request from iPXE (user class `iPXE`).
 const IPXE_CLIENT_TAG: &str = "ipxe";
 
-const LOADERS: [Loader; 3] = [Loader::Pxelinux, Loader::GrubEfi, Loader::Ipxe];
+/// The tag dnsmasq sets on a request from UEFI x64 firmware (option 93).
+const UEFI_CLIENT_TAG: &str = "efi-x86_64";
+
+const LOADERS: [Loader; 4] = [
+    Loader::Auto,
+    Loader::Pxelinux,
+    Loader::GrubEfi,
+    Loader::Ipxe,
+];
 
 /// `dnsmasq.conf` and `dnsmasq.hosts/<name>` for every node.
 pub(super) fn render(plan: &BootPlan) -> Vec<GeneratedFile> {
@@ -24,6 +32,7 @@ pub(super) fn render(plan: &BootPlan) -> Vec<GeneratedFile> {
 /// The tag a node's host entry sets, which picks its boot file.
 fn loader_tag(loader: Loader) -> &'static str {
     match loader {
+        Loader::Auto => "loader-auto",
         Loader::Pxelinux => "loader-pxelinux",
         Loader::GrubEfi => "loader-grub-efi",
         Loader::Ipxe => "loader-ipxe",
@@ -96,26 +105,30 @@ fn option_lines(plan: &BootPlan) -> Vec<String> {
     lines
 }
 
-/// Boot files by the node's loader tag; an iPXE node's second request (tag
-/// `ipxe`) gets the script instead of iPXE again. The UEFI x64 tag is set for
-/// the logs and for rules an administrator adds; the loader decides.
+/// Boot files by the node's loader tag: an `auto` node's file follows the
+/// architecture tag of the request, an iPXE node's second request (tag
+/// `ipxe`) gets the script instead of iPXE again.
 fn boot_lines(plan: &BootPlan) -> Vec<String> {
     let server = plan.network.next_server;
-    let mut lines = vec![
-        "dhcp-match=set:efi-x86_64,option:client-arch,7".to_string(),
-        "dhcp-match=set:efi-x86_64,option:client-arch,9".to_string(),
-        format!("dhcp-userclass=set:{IPXE_CLIENT_TAG},iPXE"),
-    ];
+    let mut lines: Vec<String> = UEFI_X64_ARCHES
+        .iter()
+        .map(|a| format!("dhcp-match=set:{UEFI_CLIENT_TAG},option:client-arch,{a}"))
+        .collect();
+    lines.push(format!("dhcp-userclass=set:{IPXE_CLIENT_TAG},iPXE"));
     for loader in LOADERS {
         let tag = loader_tag(loader);
-        let first = first_stage_file(loader);
-        match chained_file(loader) {
-            None => lines.push(format!("dhcp-boot=tag:{tag},{first},,{server}")),
-            Some(chained) => lines.extend([
-                format!("dhcp-boot=tag:{tag},tag:{IPXE_CLIENT_TAG},{chained},,{server}"),
-                format!("dhcp-boot=tag:{tag},tag:!{IPXE_CLIENT_TAG},{first},,{server}"),
-            ]),
-        }
+        let (when, then, otherwise) = match boot_file(loader) {
+            BootFile::Fixed(file) => {
+                lines.push(format!("dhcp-boot=tag:{tag},{file},,{server}"));
+                continue;
+            }
+            BootFile::ByArch { bios, uefi } => (UEFI_CLIENT_TAG, uefi, bios),
+            BootFile::Chained { first, script } => (IPXE_CLIENT_TAG, script, first),
+        };
+        lines.extend([
+            format!("dhcp-boot=tag:{tag},tag:{when},{then},,{server}"),
+            format!("dhcp-boot=tag:{tag},tag:!{when},{otherwise},,{server}"),
+        ]);
     }
     lines
 }
@@ -149,16 +162,22 @@ mod tests {
         let files = render(&plan(vec![
             node("p", 1, Loader::Pxelinux, None),
             node("i", 3, Loader::Ipxe, None),
+            node("a", 4, Loader::Auto, None),
         ]));
         assert_eq!(files[1].path.to_str(), Some("dnsmasq.hosts/p"));
         assert!(text(&files[1]).ends_with("\n52:54:00:00:00:01,set:loader-pxelinux,10.0.0.11,p\n"));
         assert!(text(&files[2]).ends_with("\n52:54:00:00:00:03,set:loader-ipxe,10.0.0.13,i\n"));
+        assert!(text(&files[3]).ends_with("\n52:54:00:00:00:04,set:loader-auto,10.0.0.14,a\n"));
     }
 
     #[test]
     fn each_loader_tag_boots_its_file() {
         let conf = text(&render(&plan(vec![]))[0]);
         for line in [
+            "dhcp-match=set:efi-x86_64,option:client-arch,7",
+            "dhcp-match=set:efi-x86_64,option:client-arch,9",
+            "dhcp-boot=tag:loader-auto,tag:efi-x86_64,grubx64.efi,,10.0.0.2",
+            "dhcp-boot=tag:loader-auto,tag:!efi-x86_64,pxelinux.0,,10.0.0.2",
             "dhcp-boot=tag:loader-pxelinux,pxelinux.0,,10.0.0.2",
             "dhcp-boot=tag:loader-grub-efi,grubx64.efi,,10.0.0.2",
             "dhcp-boot=tag:loader-ipxe,tag:ipxe,dfleet.ipxe,,10.0.0.2",

@@ -1,16 +1,17 @@
 //! GRUB menus for UEFI nodes: one entry menu that loads the booting
 //! interface's own menu, and that menu for every GRUB node.
 
-use super::{HEADER, from_tftp_root, kernel_cmdline, lines_to_text, text_file};
-use crate::boot::{BootImage, BootNode, BootPlan, GeneratedFile, Loader, Tree};
+use super::{HEADER, from_tftp_root, kernel_cmdline, lines_to_text, text_file, uses_grub};
+use crate::boot::{BootImage, BootNode, BootPlan, GeneratedFile, Tree};
 
-/// `grub/grub.cfg` and `grub/nodes/<mac>.cfg` for every GRUB node.
+/// `grub/grub.cfg` and `grub/nodes/<mac>.cfg` for every node that may boot
+/// through GRUB (loader `grub-efi` or `auto`).
 pub(super) fn render(plan: &BootPlan) -> Vec<GeneratedFile> {
     let mut files = vec![entry_menu()];
     files.extend(
         plan.nodes
             .iter()
-            .filter(|n| n.loader == Loader::GrubEfi)
+            .filter(|n| uses_grub(n.loader))
             .map(|n| node_menu(plan, n)),
     );
     files
@@ -70,6 +71,7 @@ fn boot_menu(plan: &BootPlan, node: &BootNode, image: &BootImage) -> String {
 mod tests {
     use super::super::fixture::{assigned, node, plan};
     use super::*;
+    use crate::boot::Loader;
 
     fn text(f: &GeneratedFile) -> String {
         String::from_utf8(f.bytes.clone()).unwrap()

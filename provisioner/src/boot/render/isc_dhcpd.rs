@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use super::{HEADER, chained_file, first_stage_file, lines_to_text, text_file};
+use super::{BootFile, HEADER, UEFI_X64_ARCHES, boot_file, lines_to_text, text_file};
 use crate::boot::{BootNode, BootPlan, GeneratedFile, Tree};
 
 /// `dhcpd.conf`.
@@ -31,8 +31,8 @@ fn global_statements() -> Vec<String> {
         "allow booting;",
         "allow bootp;",
         "deny unknown-clients;",
-        "# RFC 4578 client system architecture (7 and 9: UEFI x64). Each host's",
-        "# filename below follows the inventory's loader, not this option.",
+        "# RFC 4578 client system architecture (7 and 9: UEFI x64); hosts whose",
+        "# loader is \"auto\" get their filename by it.",
         "option arch code 93 = unsigned integer 16;",
     ]
     .map(String::from)
@@ -67,7 +67,8 @@ fn subnet_block(plan: &BootPlan) -> Vec<String> {
     lines
 }
 
-/// One node's reservation and boot file. An iPXE node is named twice: its
+/// One node's reservation and boot file. An `auto` node's file follows the
+/// architecture its firmware sends; an iPXE node is named twice: its
 /// firmware gets iPXE, and iPXE, asking again with user class `iPXE`, gets
 /// the script.
 fn host_block(node: &BootNode) -> Vec<String> {
@@ -77,19 +78,40 @@ fn host_block(node: &BootNode) -> Vec<String> {
         format!("  fixed-address {};", node.ip),
         format!("  option host-name \"{}\";", node.name),
     ];
-    let first = first_stage_file(node.loader);
-    match chained_file(node.loader) {
-        None => lines.push(format!("  filename \"{first}\";")),
-        Some(chained) => lines.extend([
-            "  if exists user-class and option user-class = \"iPXE\" {".to_string(),
-            format!("    filename \"{chained}\";"),
-            "  } else {".to_string(),
-            format!("    filename \"{first}\";"),
-            "  }".to_string(),
-        ]),
-    }
-    lines.push("}".to_string());
+    let (condition, then, otherwise) = match boot_file(node.loader) {
+        BootFile::Fixed(file) => {
+            lines.push(format!("  filename \"{file}\";"));
+            lines.push("}".to_string());
+            return lines;
+        }
+        BootFile::ByArch { bios, uefi } => (uefi_condition(), uefi, bios),
+        BootFile::Chained { first, script } => (
+            "exists user-class and option user-class = \"iPXE\"".to_string(),
+            script,
+            first,
+        ),
+    };
+    lines.extend([
+        format!("  if {condition} {{"),
+        format!("    filename \"{then}\";"),
+        "  } else {".to_string(),
+        format!("    filename \"{otherwise}\";"),
+        "  }".to_string(),
+        "}".to_string(),
+    ]);
     lines
+}
+
+/// `option arch = 00:07 or option arch = 00:09`: a UEFI x64 request.
+fn uefi_condition() -> String {
+    UEFI_X64_ARCHES
+        .iter()
+        .map(|a| {
+            let [hi, lo] = a.to_be_bytes();
+            format!("option arch = {hi:02x}:{lo:02x}")
+        })
+        .collect::<Vec<_>>()
+        .join(" or ")
 }
 
 fn address_list(addresses: &[Ipv4Addr]) -> String {
@@ -120,6 +142,16 @@ mod tests {
         assert!(text.contains("host p {\n  hardware ethernet 52:54:00:00:00:01;\n  fixed-address 10.0.0.11;\n  option host-name \"p\";\n  filename \"pxelinux.0\";\n}"), "{text}");
         assert!(text.contains("fixed-address 10.0.0.12;\n  option host-name \"g\";\n  filename \"grubx64.efi\";\n}"), "{text}");
         assert!(text.contains("  if exists user-class and option user-class = \"iPXE\" {\n    filename \"dfleet.ipxe\";\n  } else {\n    filename \"undionly.kpxe\";\n  }\n}"), "{text}");
+    }
+
+    #[test]
+    fn an_auto_host_gets_grub_for_uefi_x64_and_pxelinux_otherwise() {
+        let text = conf(vec![node("a", 1, Loader::Auto, None)]);
+        assert!(
+            text.contains("option arch code 93 = unsigned integer 16;"),
+            "{text}"
+        );
+        assert!(text.contains("option host-name \"a\";\n  if option arch = 00:07 or option arch = 00:09 {\n    filename \"grubx64.efi\";\n  } else {\n    filename \"pxelinux.0\";\n  }\n}"), "{text}");
     }
 
     #[test]

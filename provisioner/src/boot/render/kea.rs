@@ -6,8 +6,8 @@
 
 use serde::Serialize;
 
-use super::{HEADER, IPXE_FIRST_STAGE, IPXE_SCRIPT, chained_file, first_stage_file, text_file};
-use crate::boot::{BootNode, BootPlan, GeneratedFile, Tree};
+use super::{BootFile, HEADER, UEFI_X64_ARCHES, boot_file, text_file};
+use crate::boot::{BootNode, BootPlan, GeneratedFile, Loader, Tree};
 
 /// What iPXE sends as its user class (option 77), as raw bytes.
 const IS_IPXE: &str = "substring(option[77].hex,0,4) == 'iPXE'";
@@ -45,9 +45,12 @@ struct LeaseDatabase {
 #[derive(Serialize)]
 #[serde(rename_all = "kebab-case")]
 struct ClientClass {
-    name: &'static str,
-    test: String,
-    boot_file_name: &'static str,
+    name: String,
+    /// None for a class only reservations assign.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    test: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    boot_file_name: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -76,6 +79,8 @@ struct Reservation {
     hostname: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     boot_file_name: Option<&'static str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    client_classes: Vec<String>,
 }
 
 /// `kea-dhcp4.conf`.
@@ -91,7 +96,7 @@ pub(super) fn render(plan: &BootPlan) -> GeneratedFile {
                 kind: "memfile",
                 lfc_interval: 3600,
             },
-            client_classes: ipxe_classes(),
+            client_classes: loader_classes(),
             subnet4: vec![subnet(plan)],
         },
     };
@@ -100,22 +105,57 @@ pub(super) fn render(plan: &BootPlan) -> GeneratedFile {
     text_file(Tree::Dhcp, "kea-dhcp4.conf", text)
 }
 
-/// The two requests of an iPXE node. Kea lets a reservation's boot file
-/// override a class's, so these only reach nodes whose reservation names
-/// none: the iPXE ones (see [`reservation`]).
-fn ipxe_classes() -> Vec<ClientClass> {
-    vec![
-        ClientClass {
-            name: "dfleet-ipxe-script",
-            test: IS_IPXE.to_string(),
-            boot_file_name: IPXE_SCRIPT,
-        },
-        ClientClass {
-            name: "dfleet-ipxe-first-stage",
-            test: format!("not ({IS_IPXE})"),
-            boot_file_name: IPXE_FIRST_STAGE,
-        },
-    ]
+/// Loaders whose boot file depends on the request, each with a class its
+/// nodes' reservations assign.
+const CHOOSING_LOADERS: [(Loader, &str); 2] = [
+    (Loader::Auto, "dfleet-loader-auto"),
+    (Loader::Ipxe, "dfleet-loader-ipxe"),
+];
+
+/// For each loader whose file depends on the request: the class its
+/// reservations assign, then one class per answer. Kea evaluates classes
+/// that depend on `KNOWN` after the host lookup, when the reservation's
+/// classes are set, so `member()` of them works there.
+fn loader_classes() -> Vec<ClientClass> {
+    let mut classes = Vec::new();
+    for (loader, marker) in CHOOSING_LOADERS {
+        let (condition, [then, otherwise]) = match boot_file(loader) {
+            BootFile::Fixed(_) => continue,
+            BootFile::ByArch { bios, uefi } => (uefi_test(), [("uefi", uefi), ("bios", bios)]),
+            BootFile::Chained { first, script } => (
+                IS_IPXE.to_string(),
+                [("script", script), ("first-stage", first)],
+            ),
+        };
+        let member = format!("member('KNOWN') and member('{marker}')");
+        classes.extend([
+            ClientClass {
+                name: marker.to_string(),
+                test: None,
+                boot_file_name: None,
+            },
+            ClientClass {
+                name: format!("{marker}-{}", then.0),
+                test: Some(format!("{member} and ({condition})")),
+                boot_file_name: Some(then.1),
+            },
+            ClientClass {
+                name: format!("{marker}-{}", otherwise.0),
+                test: Some(format!("{member} and not ({condition})")),
+                boot_file_name: Some(otherwise.1),
+            },
+        ]);
+    }
+    classes
+}
+
+/// A UEFI x64 request: option 93 is 7 or 9 (two bytes, big-endian).
+fn uefi_test() -> String {
+    UEFI_X64_ARCHES
+        .iter()
+        .map(|a| format!("option[93].hex == 0x{a:04x}"))
+        .collect::<Vec<_>>()
+        .join(" or ")
 }
 
 fn subnet(plan: &BootPlan) -> Subnet4 {
@@ -166,18 +206,26 @@ fn options(plan: &BootPlan) -> Vec<OptionData> {
     options
 }
 
-/// The node's address and name, and its boot file unless it is an iPXE node,
-/// whose file depends on who asks and so comes from [`ipxe_classes`].
+/// The node's address and name, and either its boot file or the class that
+/// picks one per request (see [`loader_classes`]).
 fn reservation(node: &BootNode) -> Reservation {
-    let boot_file_name = match chained_file(node.loader) {
-        None => Some(first_stage_file(node.loader)),
-        Some(_) => None,
+    let (boot_file_name, client_classes) = match boot_file(node.loader) {
+        BootFile::Fixed(file) => (Some(file), Vec::new()),
+        BootFile::ByArch { .. } | BootFile::Chained { .. } => (
+            None,
+            CHOOSING_LOADERS
+                .iter()
+                .filter(|(l, _)| *l == node.loader)
+                .map(|(_, marker)| marker.to_string())
+                .collect(),
+        ),
     };
     Reservation {
         hw_address: node.mac.to_string(),
         ip_address: node.ip.to_string(),
         hostname: node.name.clone(),
         boot_file_name,
+        client_classes,
     }
 }
 
@@ -198,15 +246,39 @@ mod tests {
             node("p", 1, Loader::Pxelinux, None),
             node("g", 2, Loader::GrubEfi, None),
             node("i", 3, Loader::Ipxe, None),
+            node("a", 4, Loader::Auto, None),
         ]);
         assert_eq!(
             c["Dhcp4"]["subnet4"][0]["reservations"],
             json!([
                 {"hw-address": "52:54:00:00:00:01", "ip-address": "10.0.0.11", "hostname": "p", "boot-file-name": "pxelinux.0"},
                 {"hw-address": "52:54:00:00:00:02", "ip-address": "10.0.0.12", "hostname": "g", "boot-file-name": "grubx64.efi"},
-                {"hw-address": "52:54:00:00:00:03", "ip-address": "10.0.0.13", "hostname": "i"},
+                {"hw-address": "52:54:00:00:00:03", "ip-address": "10.0.0.13", "hostname": "i", "client-classes": ["dfleet-loader-ipxe"]},
+                {"hw-address": "52:54:00:00:00:04", "ip-address": "10.0.0.14", "hostname": "a", "client-classes": ["dfleet-loader-auto"]},
             ])
         );
+    }
+
+    #[test]
+    fn classes_choose_the_file_after_the_host_lookup() {
+        let c = conf(vec![]);
+        let classes = &c["Dhcp4"]["client-classes"];
+        assert_eq!(classes[0], json!({"name": "dfleet-loader-auto"}));
+        assert_eq!(
+            classes[1],
+            json!({
+                "name": "dfleet-loader-auto-uefi",
+                "test": "member('KNOWN') and member('dfleet-loader-auto') and (option[93].hex == 0x0007 or option[93].hex == 0x0009)",
+                "boot-file-name": "grubx64.efi"
+            })
+        );
+        assert_eq!(classes[2]["name"], "dfleet-loader-auto-bios");
+        assert_eq!(
+            classes[2]["test"],
+            "member('KNOWN') and member('dfleet-loader-auto') and not (option[93].hex == 0x0007 or option[93].hex == 0x0009)"
+        );
+        assert_eq!(classes[4]["name"], "dfleet-loader-ipxe-script");
+        assert_eq!(classes[5]["boot-file-name"], "undionly.kpxe");
     }
 
     #[test]

@@ -27,7 +27,8 @@ use super::{BootPlan, DhcpFlavour, GeneratedFile, Tree};
 
 pub use cmdline::kernel_cmdline;
 pub use loader::{
-    GRUB_EFI, IPXE_FIRST_STAGE, IPXE_SCRIPT, PXELINUX, chained_file, first_stage_file,
+    BootFile, GRUB_EFI, IPXE_FIRST_STAGE, IPXE_SCRIPT, PXELINUX, UEFI_X64_ARCHES, boot_file,
+    uses_grub, uses_pxelinux,
 };
 
 /// The first comment of every file dfleet writes, so an administrator who

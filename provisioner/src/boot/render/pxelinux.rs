@@ -1,15 +1,16 @@
 //! pxelinux menus: a safe default, and one menu per BIOS node named by its MAC.
 
-use super::{HEADER, kernel_cmdline, lines_to_text, text_file};
-use crate::boot::{BootImage, BootNode, BootPlan, GeneratedFile, Loader, Tree};
+use super::{HEADER, kernel_cmdline, lines_to_text, text_file, uses_pxelinux};
+use crate::boot::{BootImage, BootNode, BootPlan, GeneratedFile, Tree};
 
-/// `pxelinux.cfg/default` and `pxelinux.cfg/01-<mac>` for every pxelinux node.
+/// `pxelinux.cfg/default` and `pxelinux.cfg/01-<mac>` for every node that may
+/// boot through pxelinux (loader `pxelinux` or `auto`).
 pub(super) fn render(plan: &BootPlan) -> Vec<GeneratedFile> {
     let mut files = vec![default_menu()];
     files.extend(
         plan.nodes
             .iter()
-            .filter(|n| n.loader == Loader::Pxelinux)
+            .filter(|n| uses_pxelinux(n.loader))
             .map(|n| node_menu(plan, n)),
     );
     files
@@ -72,6 +73,7 @@ fn local_boot_menu(comments: &[String]) -> String {
 mod tests {
     use super::super::fixture::{assigned, node, plan};
     use super::*;
+    use crate::boot::Loader;
 
     fn menu(files: &[GeneratedFile], path: &str) -> String {
         let f = files
