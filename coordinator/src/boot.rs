@@ -8,8 +8,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use dfleet_provisioner::boot::render::NFS_INSTRUCTIONS;
 use dfleet_provisioner::boot::write::{self, Changes, Hooks};
-use dfleet_provisioner::boot::{GeneratedFile, check, loaders, plan, render};
+use dfleet_provisioner::boot::{GeneratedFile, Tree, check, loaders, plan, render};
 use dfleet_provisioner::inventory::Inventory;
 use tokio::sync::Mutex;
 use tonic::Status;
@@ -85,15 +86,33 @@ pub async fn diff(fleet: &FleetHandle, writer: &BootWriter) -> Result<Changes, S
     .map_err(write_status)
 }
 
+/// What one apply did.
+#[derive(Debug)]
+pub struct Applied {
+    pub changes: Changes,
+    /// What checked the DHCP configuration, and the reload's outcome.
+    pub checks: Vec<String>,
+    /// With an NFS server dfleet does not manage, when what must be exported
+    /// changed: the instructions the administrator has to carry out.
+    pub nfs_instructions: Option<String>,
+}
+
 /// Validates and writes the boot files; returns what changed and what
 /// checked the DHCP configuration.
 pub async fn apply(
     fleet: &FleetHandle,
     writer: &BootWriter,
     actor: &str,
-) -> Result<(Changes, Vec<String>), Status> {
+) -> Result<Applied, Status> {
     let _held = writer.lock.lock().await;
     let (inv, files) = files(fleet).await?;
+    let instructions = files
+        .iter()
+        .find(|f| f.tree == Tree::Exports && f.path.as_os_str() == NFS_INSTRUCTIONS)
+        .and_then(|f| {
+            let target = write::target(&inv.paths, f).ok()?;
+            Some((target, String::from_utf8_lossy(&f.bytes).into_owned()))
+        });
     let manifest = writer.manifest.clone();
     let scratch = writer.manifest.with_extension("check");
     let inv_paths = inv.paths.clone();
@@ -137,20 +156,35 @@ pub async fn apply(
     if dhcp_changed && let Some(argv) = reload {
         checks.push(reload_dhcp(&argv).await);
     }
+    let nfs_instructions = instructions.and_then(|(target, text)| {
+        let new = changes.created.contains(&target) || changes.changed.contains(&target);
+        new.then_some(text)
+    });
     if !changes.is_empty() {
+        let mut detail = format!(
+            "{} created, {} changed, {} removed",
+            changes.created.len(),
+            changes.changed.len(),
+            changes.removed.len()
+        );
+        if nfs_instructions.is_some() {
+            detail.push_str(&format!(
+                "; the NFS server dfleet does not manage needs new exports: see {}",
+                inv_paths.exports_root.join(NFS_INSTRUCTIONS).display()
+            ));
+        }
         let _ = fleet
             .send(Command::BootApplied {
-                detail: format!(
-                    "{} created, {} changed, {} removed",
-                    changes.created.len(),
-                    changes.changed.len(),
-                    changes.removed.len()
-                ),
+                detail,
                 actor: actor.to_string(),
             })
             .await;
     }
-    Ok((changes, checks))
+    Ok(Applied {
+        changes,
+        checks,
+        nfs_instructions,
+    })
 }
 
 /// Tells the DHCP server to re-read its configuration. The files are in

@@ -399,6 +399,9 @@ async fn pxe(cli: &Cli, command: &PxeCommand) -> Result<()> {
                 println!("{v}");
             }
             print!("{}", changes_text(&d));
+            if !d.nfs_instructions.is_empty() {
+                print!("\n{}", d.nfs_instructions);
+            }
         }
     }
     Ok(())

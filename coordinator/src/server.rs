@@ -494,8 +494,11 @@ impl Admin for Services {
         // The menus follow the assignment through the single writer; without
         // a boot network in the inventory there is nothing to write.
         match crate::boot::apply(&self.fleet, &self.boot, &actor).await {
-            Ok((changes, _)) => {
-                detail.push_str(&format!("; boot files: {}", changes_line(&changes)))
+            Ok(applied) => {
+                detail.push_str(&format!("; boot files: {}", changes_line(&applied.changes)));
+                if let Some(text) = applied.nfs_instructions {
+                    detail.push_str(&format!("\n\n{text}"));
+                }
             }
             Err(s) if s.code() == tonic::Code::FailedPrecondition => {
                 detail.push_str(&format!("; boot files not written: {}", s.message()))
@@ -543,8 +546,10 @@ impl Admin for Services {
         req: Request<pb::PxeRequest>,
     ) -> Result<Response<pb::PxeChanges>, Status> {
         let actor = admin_caller(self, &req).await?;
-        let (changes, checks) = crate::boot::apply(&self.fleet, &self.boot, &actor).await?;
-        Ok(Response::new(changes_pb(changes, checks)))
+        let applied = crate::boot::apply(&self.fleet, &self.boot, &actor).await?;
+        let mut reply = changes_pb(applied.changes, applied.checks);
+        reply.nfs_instructions = applied.nfs_instructions.unwrap_or_default();
+        Ok(Response::new(reply))
     }
 
     async fn issue_admin_cert(
@@ -663,5 +668,6 @@ fn changes_pb(
         removed: show(c.removed),
         unchanged: c.unchanged as u32,
         validation,
+        nfs_instructions: String::new(),
     }
 }

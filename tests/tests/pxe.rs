@@ -22,6 +22,10 @@ fn boot_nodes() -> Vec<TestNode> {
 /// The test inventory plus a boot network whose files land in `dir`.
 /// (These addresses are data in the rendered files; nothing is sent to them.)
 fn boot_toml(dir: &Path, nodes: &[TestNode]) -> String {
+    boot_toml_nfs(dir, nodes, true)
+}
+
+fn boot_toml_nfs(dir: &Path, nodes: &[TestNode], nfs_managed: bool) -> String {
     let mut t = cluster_toml(dir, nodes, &Settings::default());
     t.push_str(&format!(
         r#"
@@ -39,6 +43,7 @@ dhcp_reload = ["sh", "-c", "echo reloaded >> {reloads}"]
 [nfs]
 server = "10.99.0.1"
 export_root = "/srv/dfleet/images"
+managed = {nfs_managed}
 
 [paths]
 tftp_root = "{tftp}"
@@ -51,6 +56,40 @@ exports_root = "{exports}"
         reloads = dir.join("reloads").display(),
     ));
     t
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unmanaged_nfs_server_gets_instructions_when_its_exports_change() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ns = boot_nodes();
+    let c = Coordinator::start(dir.path(), &boot_toml_nfs(dir.path(), &ns, false)).await?;
+
+    // The first assignment needs a new export: the admin is told what to do.
+    let out = c.cli(&["node", "assign", "cn01", "compute:3"]).await?;
+    assert!(
+        out.contains("Export each directory below over NFSv3"),
+        "{out}"
+    );
+    assert!(out.contains("  /srv/dfleet/images/compute/3\n"), "{out}");
+    assert!(
+        out.contains("/srv/dfleet/images/compute/3 10.99.0.0/24(ro,no_root_squash"),
+        "{out}"
+    );
+    let file = dir.path().join("exports/EXPORTS-TO-CONFIGURE.txt");
+    assert!(std::fs::read_to_string(&file)?.contains("compute/3"));
+    assert!(!dir.path().join("exports/dfleet.exports").exists());
+
+    // Another node on the same generation needs nothing new: no instructions.
+    let out = c.cli(&["node", "assign", "cn02", "compute:3"]).await?;
+    assert!(!out.contains("Export each directory"), "{out}");
+    let again = c.cli(&["pxe", "apply"]).await?;
+    assert!(!again.contains("Export each directory"), "{again}");
+
+    // A new generation does; the list names every generation in use.
+    let out = c.cli(&["node", "assign", "cn02", "compute:4"]).await?;
+    assert!(out.contains("  /srv/dfleet/images/compute/4\n"), "{out}");
+    assert!(out.contains("  /srv/dfleet/images/compute/3\n"), "{out}");
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -57,6 +57,10 @@ pub(super) fn render(plan: &BootPlan) -> GeneratedFile {
     text_file(Tree::Exports, "dfleet.exports", lines_to_text(&lines))
 }
 
+/// The file, in the exports tree, that says what to export from an NFS
+/// server dfleet does not manage.
+pub const NFS_INSTRUCTIONS: &str = "EXPORTS-TO-CONFIGURE.txt";
+
 /// `EXPORTS-TO-CONFIGURE.txt`: what to export from an NFS server dfleet does
 /// not manage, in prose and as `/etc/exports` lines.
 pub(super) fn instructions(plan: &BootPlan) -> GeneratedFile {
@@ -81,11 +85,7 @@ pub(super) fn instructions(plan: &BootPlan) -> GeneratedFile {
         ]);
         lines.extend(paths.iter().map(|p| export_line(plan, p)));
     }
-    text_file(
-        Tree::Exports,
-        "EXPORTS-TO-CONFIGURE.txt",
-        lines_to_text(&lines),
-    )
+    text_file(Tree::Exports, NFS_INSTRUCTIONS, lines_to_text(&lines))
 }
 
 fn instruction_prose(plan: &BootPlan) -> Vec<String> {

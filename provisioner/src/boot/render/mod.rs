@@ -26,6 +26,7 @@ use std::path::PathBuf;
 use super::{BootPlan, DhcpFlavour, GeneratedFile, Tree};
 
 pub use cmdline::kernel_cmdline;
+pub use exports::NFS_INSTRUCTIONS;
 pub use loader::{
     BootFile, GRUB_EFI, IPXE_FIRST_STAGE, IPXE_SCRIPT, PXELINUX, UEFI_X64_ARCHES, boot_file,
     uses_grub, uses_pxelinux,
