@@ -28,6 +28,8 @@ command -v ssh-keygen >/dev/null || missing+=(openssh-client)
 [ -x /usr/bin/busybox ] || missing+=(busybox)
 command -v curl >/dev/null || missing+=(curl)
 command -v ip >/dev/null || missing+=(iproute2)
+# Image trees: file capabilities set and read back with the real tools.
+command -v setcap >/dev/null || missing+=(libcap2-bin)
 # Boot loaders dfleet copies into the TFTP root.
 [ -f /usr/lib/PXELINUX/pxelinux.0 ] || missing+=(pxelinux)
 [ -f /usr/lib/syslinux/modules/bios/ldlinux.c32 ] || missing+=(syslinux-common)

@@ -8,9 +8,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use dfleet_proto::domain::GenerationRef;
 use dfleet_provisioner::boot::render::NFS_INSTRUCTIONS;
 use dfleet_provisioner::boot::write::{self, Changes, Hooks};
 use dfleet_provisioner::boot::{GeneratedFile, Tree, check, loaders, plan, render};
+use dfleet_provisioner::image::store::{GenState, ImageStore, StoreError};
 use dfleet_provisioner::inventory::Inventory;
 use tokio::sync::Mutex;
 use tonic::Status;
@@ -45,23 +47,79 @@ fn default_coordinator(inv: &Inventory) -> String {
     }
 }
 
-/// Renders the boot files for the fleet as it is now.
-pub async fn files(fleet: &FleetHandle) -> Result<(Arc<Inventory>, Vec<GeneratedFile>), Status> {
-    let (inv, assignments) = fleet.ask(|reply| Command::BootInputs { reply }).await?;
-    let p = plan::plan(&inv, &assignments, &default_coordinator(&inv))
-        .map_err(|e| Status::failed_precondition(e.to_string()))?;
-    let mut files = render::render(&p);
-    // The loaders come from this host's packages; the menus name them.
-    let loaders = tokio::task::spawn_blocking(move || loaders::loader_files(&p, Path::new("/")))
+/// Refuses to assign a generation that is not published: nodes would get a
+/// menu naming a kernel that is not there.
+pub async fn check_bootable(fleet: &FleetHandle, g: &GenerationRef) -> Result<(), Status> {
+    let (inv, _) = fleet.ask(|reply| Command::BootInputs { reply }).await?;
+    let store = ImageStore::new(&inv.paths.images_root);
+    let g = g.clone();
+    let record = tokio::task::spawn_blocking(move || store.record(&g))
         .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|missing| {
+        .map_err(|e| Status::internal(e.to_string()))?;
+    match record {
+        Ok(r) if r.state == GenState::Published => Ok(()),
+        Ok(r) => Err(Status::failed_precondition(format!(
+            "{} is {}, not published: `dfleet image publish {}` first",
+            r.generation_ref(),
+            r.state,
+            r.image
+        ))),
+        Err(e @ StoreError::NoGeneration(_)) => Err(Status::not_found(format!(
+            "{e} ({}): see `dfleet image list`",
+            inv.paths.images_root.display()
+        ))),
+        Err(e) => Err(Status::internal(e.to_string())),
+    }
+}
+
+/// The boot files for the fleet as it is now.
+pub struct Rendered {
+    pub inv: Arc<Inventory>,
+    pub files: Vec<GeneratedFile>,
+    /// Nodes assigned a generation that is not published, said as warnings.
+    pub warnings: Vec<String>,
+}
+
+/// Renders the boot files for the fleet as it is now: the inventory, the
+/// assignments and the published generations of the image store.
+pub async fn files(fleet: &FleetHandle) -> Result<Rendered, Status> {
+    let (inv, assignments) = fleet.ask(|reply| Command::BootInputs { reply }).await?;
+    let inv2 = inv.clone();
+    let (p, loaders) = tokio::task::spawn_blocking(move || {
+        let inv = inv2;
+        let store = ImageStore::new(&inv.paths.images_root);
+        let export_root = inv
+            .nfs
+            .as_ref()
+            .map_or(inv.paths.images_root.clone(), |n| n.export_root.clone());
+        let images = plan::published_images(&store, &export_root)
+            .map_err(|e| Status::failed_precondition(format!("reading the image store: {e}")))?;
+        let p = plan::plan(&inv, &assignments, &images, &default_coordinator(&inv))
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        // The loaders come from this host's packages; the menus name them.
+        let loaders = loaders::loader_files(&p, Path::new("/")).map_err(|missing| {
             let lines: Vec<String> = missing.iter().map(ToString::to_string).collect();
             Status::failed_precondition(lines.join("\n"))
         })?;
+        Ok::<_, Status>((p, loaders))
+    })
+    .await
+    .map_err(|e| Status::internal(e.to_string()))??;
+    let mut files = render::render(&p);
     files.extend(loaders);
     files.sort_by(|a, b| (a.tree, &a.path).cmp(&(b.tree, &b.path)));
-    Ok((inv, files))
+    let warnings = p
+        .unbootable
+        .iter()
+        .map(|(node, g)| {
+            format!("warning: {node} is assigned {g}, which is not a published generation: it boots the default menu")
+        })
+        .collect();
+    Ok(Rendered {
+        inv,
+        files,
+        warnings,
+    })
 }
 
 fn write_status(e: write::WriteError) -> Status {
@@ -75,7 +133,7 @@ fn write_status(e: write::WriteError) -> Status {
 
 /// What an apply would change.
 pub async fn diff(fleet: &FleetHandle, writer: &BootWriter) -> Result<Changes, Status> {
-    let (inv, files) = files(fleet).await?;
+    let Rendered { inv, files, .. } = files(fleet).await?;
     let manifest = writer.manifest.clone();
     tokio::task::spawn_blocking(move || {
         let m = write::Manifest::load(&manifest)?;
@@ -105,7 +163,11 @@ pub async fn apply(
     actor: &str,
 ) -> Result<Applied, Status> {
     let _held = writer.lock.lock().await;
-    let (inv, files) = files(fleet).await?;
+    let Rendered {
+        inv,
+        files,
+        warnings,
+    } = files(fleet).await?;
     let instructions = files
         .iter()
         .find(|f| f.tree == Tree::Exports && f.path.as_os_str() == NFS_INSTRUCTIONS)
@@ -147,6 +209,7 @@ pub async fn apply(
     .map_err(|e| Status::internal(e.to_string()))?
     .map_err(write_status)?;
     let mut checks = checks;
+    checks.extend(warnings);
     let dhcp_changed = changes
         .created
         .iter()

@@ -371,8 +371,13 @@ async fn pxe(cli: &Cli, command: &PxeCommand) -> Result<()> {
                     std::fs::create_dir_all(dir)
                         .with_context(|| format!("creating {}", dir.display()))?;
                 }
-                std::fs::write(&path, &f.content)
-                    .with_context(|| format!("writing {}", path.display()))?;
+                if f.copy_of.is_empty() {
+                    std::fs::write(&path, &f.content)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                } else {
+                    std::fs::copy(&f.copy_of, &path)
+                        .with_context(|| format!("copying {} to {}", f.copy_of, path.display()))?;
+                }
                 println!("{}  (installs as {})", path.display(), f.target);
             }
             println!(

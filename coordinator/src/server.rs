@@ -481,6 +481,7 @@ impl Admin for Services {
             })?;
         let names = dfleet_provisioner::nodeset::expand(&r.nodeset, 1_000_000)
             .map_err(|e| Status::invalid_argument(format!("node set {:?}: {e}", r.nodeset)))?;
+        crate::boot::check_bootable(&self.fleet, &target).await?;
         let mut detail = self
             .fleet
             .ask(|reply| Command::Assign {
@@ -513,7 +514,7 @@ impl Admin for Services {
         req: Request<pb::PxeRequest>,
     ) -> Result<Response<pb::PxeFiles>, Status> {
         admin_caller(self, &req).await?;
-        let (inv, files) = crate::boot::files(&self.fleet).await?;
+        let crate::boot::Rendered { inv, files, .. } = crate::boot::files(&self.fleet).await?;
         let files = files
             .into_iter()
             .map(|f| {
@@ -526,6 +527,10 @@ impl Admin for Services {
                     content: f.bytes,
                     mode: f.mode,
                     target,
+                    copy_of: f
+                        .copy_of
+                        .map(|c| c.path.display().to_string())
+                        .unwrap_or_default(),
                 }
             })
             .collect();

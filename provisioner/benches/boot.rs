@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use dfleet_proto::domain::GenerationRef;
 use dfleet_provisioner::boot::write::{self, Changes, Hooks, Manifest};
-use dfleet_provisioner::boot::{BootPlan, DhcpFlavour, GeneratedFile, plan, render};
+use dfleet_provisioner::boot::{BootImage, BootPlan, DhcpFlavour, GeneratedFile, plan, render};
+use dfleet_provisioner::image::store::{GenState, ImageStore, Record};
 use dfleet_provisioner::inventory::Inventory;
 
 const COMMAND: &str = "cargo bench -p dfleet-provisioner --bench boot";
@@ -85,7 +86,7 @@ overlay_size = "50%"
 
 [nfs]
 server = "10.1.0.2"
-export_root = "/export/dfleet"
+export_root = "{images}"
 managed = true
 management_host = "10.1.0.1"
 
@@ -105,6 +106,7 @@ groups = ["compute"]
         tftp = root.join("tftp").display(),
         dhcp = root.join("dhcp").display(),
         exports = root.join("exports").display(),
+        images = root.join("images").display(),
     )
 }
 
@@ -120,6 +122,39 @@ fn mac_file() -> String {
 
 fn generation(s: &str) -> GenerationRef {
     s.parse().unwrap()
+}
+
+/// Publishes generation `g` in the inventory's image store as `image
+/// publish` leaves it: a record with the hashes of its kernel and initramfs.
+fn publish(inv: &Inventory, g: &GenerationRef) {
+    let store = ImageStore::new(&inv.paths.images_root);
+    let scratch = inv.paths.images_root.join("scratch");
+    fs::create_dir_all(&scratch).unwrap();
+    let (k, i) = (scratch.join("vmlinuz"), scratch.join("initrd.img"));
+    fs::write(&k, format!("kernel of {g}").repeat(100_000)).unwrap();
+    fs::write(&i, format!("initramfs of {g}").repeat(300_000)).unwrap();
+    let boot = store.install_boot_files(g, "6.1.0-bench", &k, &i).unwrap();
+    store
+        .write_record(&Record {
+            image: g.image.clone(),
+            generation: g.generation.0,
+            state: GenState::Published,
+            parent: None,
+            origin: "benchmark".into(),
+            created_ms: 0,
+            published_ms: Some(0),
+            digest: None,
+            size_bytes: None,
+            boot: Some(boot),
+            notes: Vec::new(),
+        })
+        .unwrap();
+}
+
+/// The published generations of the inventory's image store.
+fn images(inv: &Inventory) -> Vec<BootImage> {
+    let nfs = inv.nfs.as_ref().unwrap();
+    plan::published_images(&ImageStore::new(&inv.paths.images_root), &nfs.export_root).unwrap()
 }
 
 /// Every node of `inv` assigned to `g`.
@@ -197,12 +232,16 @@ fn main() {
         target: None,
     });
 
-    // Plan: every node on compute:3.
+    // Plan: every node on compute:3; generations 3 to 3 + RUNS are published.
+    for n in 3..=3 + RUNS as u64 {
+        publish(&inv, &generation(&format!("compute:{n}")));
+    }
+    let published = images(&inv);
     let assignments = assign_all(&inv, &generation("compute:3"));
     let mut times = Vec::new();
     let mut base = None;
     for _ in 0..RUNS {
-        let (t, p) = timed(|| plan::plan(&inv, &assignments, COORDINATOR));
+        let (t, p) = timed(|| plan::plan(&inv, &assignments, &published, COORDINATOR));
         times.push(t);
         base = Some(p.unwrap_or_else(|e| panic!("planning: {e}")));
     }
@@ -317,7 +356,7 @@ fn main() {
     for run in 0..RUNS {
         let mut a = assignments.clone();
         a.insert(moved.clone(), generation(&format!("compute:{}", 4 + run)));
-        let p = plan::plan(&inv, &a, COORDINATOR).unwrap();
+        let p = plan::plan(&inv, &a, &published, COORDINATOR).unwrap();
         let files = render::render(&p);
         let (t, c) = timed(|| no_hooks_apply(&files, &p, &manifest));
         times.push(t);

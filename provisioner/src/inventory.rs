@@ -302,7 +302,7 @@ impl Inventory {
         let checks = sections::checks(&mut ctx, &root);
         let (boot, subnet) = network::boot(&mut ctx, &root);
         let nfs = network::nfs(&mut ctx, &root);
-        let paths = network::paths(&mut ctx, &root);
+        let paths = network::paths(&mut ctx, &root, nfs.as_ref());
         let groups = network::groups(&mut ctx, &root);
         let nodes = nodes::nodes(&mut ctx, &root, subnet, read_file);
         match cluster {

@@ -1,12 +1,12 @@
-//! dfleet's management-host library: the cluster inventory and the pieces that read it.
-//!
-//! Boot-file rendering and image generations will live here too (see DESIGN.md); for now the crate
-//! holds the inventory (`cluster.toml`) parser and validator, and the small parsers it needs.
+//! dfleet's management-host library: the cluster inventory (`cluster.toml`) and what is made
+//! from it: the boot network's files (`boot`) and the image generations (`image`), with the
+//! small parsers they need (node sets, durations).
 
 #![forbid(unsafe_code)]
 
 pub mod boot;
 pub mod duration;
+pub mod image;
 pub mod inventory;
 pub mod nodeset;
 

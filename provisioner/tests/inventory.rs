@@ -109,18 +109,18 @@ fn the_fixture_uses_every_feature_and_loads() {
     assert_eq!(
         summary,
         [
-            "login1 52:54:00:00:00:01 10.0.0.1 login login 74",
-            "cn01 52:54:00:00:01:01 10.0.1.1 compute compute+rack1 81",
-            "cn02 52:54:00:00:01:02 10.0.1.2 compute compute+rack1 81",
-            "cn03 52:54:00:00:01:03 10.0.1.3 compute compute+rack1 81",
-            "cn04 52:54:00:00:01:04 10.0.1.4 compute compute+rack1 81",
-            "gpu1 52:54:00:00:02:01 10.0.2.10 compute-gpu compute+gpu 94",
-            "gpu2 52:54:00:00:02:0a 10.0.2.11 compute-gpu compute+gpu 94",
-            "gpu5 52:54:00:00:02:05 10.0.2.12 compute-gpu compute+gpu 94",
-            "rack1-sw1 52:54:00:00:03:01 10.0.3.1 switch-agent  103",
-            "rack1-sw2 52:54:00:00:03:02 10.0.3.2 switch-agent  103",
-            "rack2-sw1 52:54:00:00:03:03 10.0.3.3 switch-agent  103",
-            "rack2-sw2 52:54:00:00:03:04 10.0.3.4 switch-agent  103",
+            "login1 52:54:00:00:00:01 10.0.0.1 login login 75",
+            "cn01 52:54:00:00:01:01 10.0.1.1 compute compute+rack1 82",
+            "cn02 52:54:00:00:01:02 10.0.1.2 compute compute+rack1 82",
+            "cn03 52:54:00:00:01:03 10.0.1.3 compute compute+rack1 82",
+            "cn04 52:54:00:00:01:04 10.0.1.4 compute compute+rack1 82",
+            "gpu1 52:54:00:00:02:01 10.0.2.10 compute-gpu compute+gpu 95",
+            "gpu2 52:54:00:00:02:0a 10.0.2.11 compute-gpu compute+gpu 95",
+            "gpu5 52:54:00:00:02:05 10.0.2.12 compute-gpu compute+gpu 95",
+            "rack1-sw1 52:54:00:00:03:01 10.0.3.1 switch-agent  104",
+            "rack1-sw2 52:54:00:00:03:02 10.0.3.2 switch-agent  104",
+            "rack2-sw1 52:54:00:00:03:03 10.0.3.3 switch-agent  104",
+            "rack2-sw2 52:54:00:00:03:04 10.0.3.4 switch-agent  104",
         ]
     );
     assert_eq!(inv.node("gpu5").unwrap().ip, Ipv4Addr::new(10, 0, 2, 12));
@@ -181,6 +181,7 @@ fn the_fixture_uses_every_feature_and_loads() {
             tftp_root: "/var/lib/tftpboot".into(),
             dhcp_root: "/etc/dfleet/dhcp.d".into(),
             exports_root: "/etc/dfleet/exports.d".into(),
+            images_root: "/mnt/filer/dfleet".into(),
         }
     );
     assert_eq!(
@@ -260,6 +261,7 @@ fn absent_optional_tables_and_keys_take_their_defaults() {
             tftp_root: "/srv/tftp".into(),
             dhcp_root: "/etc/dfleet/dhcp".into(),
             exports_root: "/etc/exports.d".into(),
+            images_root: "/srv/dfleet/images".into(),
         }
     );
     assert!(inv.groups.is_empty());
@@ -977,7 +979,7 @@ kernel_arg = ["quiet"]
             "cluster.toml:12: nfs.exports: unknown key `exports`; expected one of: server, \
              export_root, managed, management_host",
             "cluster.toml:14: paths.tftp: unknown key `tftp`; expected one of: tftp_root, \
-             dhcp_root, exports_root",
+             dhcp_root, exports_root, images_root",
             "cluster.toml:16: groups.compute.kernel_arg: unknown key `kernel_arg`; expected one \
              of: loader, kernel_args, console, overlay_size",
             "cluster.toml:23: nodes[0].bootloader: unknown key `bootloader`; expected one of: \
@@ -1332,4 +1334,28 @@ image = "c"
             overlay_size: "50%".into(),
         }
     );
+}
+
+#[test]
+fn a_managed_nfs_server_exports_the_image_store_where_it_is() {
+    let nfs = "[nfs]\nserver = \"10.0.0.2\"\nexport_root = \"/export/images\"\n";
+    // BASE is 4 lines, BOOT lines 5 to 8, [nfs] 9 to 11, [paths] 12 and 13.
+    let text = format!("{BASE}{BOOT}{nfs}[paths]\nimages_root = \"/data/images\"\n");
+    assert_eq!(
+        problems(&text),
+        [
+            "cluster.toml:13: paths.images_root: /data/images differs from nfs.export_root \
+          /export/images: a managed NFS server exports the images where they are (set one of \
+          the two, or managed = false for an appliance mounted elsewhere)"
+        ]
+    );
+    // By default the store is the export root.
+    let inv = parse(&format!("{BASE}{BOOT}{nfs}")).unwrap();
+    assert_eq!(inv.paths.images_root, Path::new("/export/images"));
+    // An appliance may be mounted anywhere.
+    let inv = parse(&format!(
+        "{BASE}{BOOT}{nfs}managed = false\n[paths]\nimages_root = \"/data/images\"\n"
+    ))
+    .unwrap();
+    assert_eq!(inv.paths.images_root, Path::new("/data/images"));
 }

@@ -1,6 +1,7 @@
 //! The sample boot plan the render tests share (`#[path]`-included by
 //! render_snapshots.rs and render_real_daemons.rs): one node per loader, one
-//! unassigned node, two generations, every network option set.
+//! unassigned node, generations assigned and one published but unassigned,
+//! every network option set.
 
 // Built as a test target of its own too, where nothing calls it.
 #![allow(dead_code)]
@@ -10,7 +11,8 @@ use std::path::{Path, PathBuf};
 
 use dfleet_proto::domain::{Generation, GenerationRef, MacAddr};
 use dfleet_provisioner::boot::{
-    BootImage, BootNetwork, BootNode, BootPaths, BootPlan, DhcpFlavour, Loader, NfsConfig, Subnet,
+    BootImage, BootNetwork, BootNode, BootPaths, BootPlan, CopySource, DhcpFlavour, Loader,
+    NfsConfig, Subnet,
 };
 
 /// Generation `generation` of `image`, laid out as the image store does.
@@ -23,6 +25,16 @@ fn image(image: &str, generation: u64) -> BootImage {
         kernel: format!("dfleet/{image}/{generation}/vmlinuz"),
         initrd: format!("dfleet/{image}/{generation}/initrd.img"),
         nfs_path: PathBuf::from(format!("/srv/dfleet/images/{image}/{generation}")),
+        kernel_source: CopySource {
+            path: format!("/srv/dfleet/images/{image}/{generation}.boot/vmlinuz").into(),
+            sha256: format!("{:064x}", generation),
+            size: 8_000_000 + generation,
+        },
+        initrd_source: CopySource {
+            path: format!("/srv/dfleet/images/{image}/{generation}.boot/initrd.img").into(),
+            sha256: format!("{:064x}", generation + 1000),
+            size: 30_000_000 + generation,
+        },
     }
 }
 
@@ -51,6 +63,7 @@ pub fn sample_plan(root: &Path, dhcp: DhcpFlavour) -> BootPlan {
             tftp_root: root.join("srv/tftp"),
             dhcp_root: root.join("etc/dfleet/dhcp"),
             exports_root: root.join("etc/dfleet/exports"),
+            images_root: "/srv/dfleet/images".into(),
         },
         network: BootNetwork {
             interface: "eth1".into(),
@@ -79,5 +92,14 @@ pub fn sample_plan(root: &Path, dhcp: DhcpFlavour) -> BootPlan {
             node("spare-01", 4, Loader::Pxelinux, None),
             node("cpu-03", 5, Loader::Auto, Some(image("compute", 8))),
         ],
+        // compute:6 is published and no node runs it: still exported and
+        // bootable, so a node can go back to it.
+        images: vec![
+            image("compute", 6),
+            image("compute", 7),
+            image("compute", 8),
+            image("gpu", 3),
+        ],
+        unbootable: Vec::new(),
     }
 }

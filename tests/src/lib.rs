@@ -214,6 +214,19 @@ impl Coordinator {
         Ok(String::from_utf8(out.stdout)?)
     }
 
+    /// Runs the CLI expecting it to fail; returns stderr.
+    pub async fn cli_err(&self, args: &[&str]) -> Result<String> {
+        let out = self.cli_raw(args).await?;
+        if out.status.success() {
+            bail!(
+                "dfleet {} succeeded: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        Ok(String::from_utf8(out.stderr)?)
+    }
+
     pub async fn cli_raw(&self, args: &[&str]) -> Result<std::process::Output> {
         Ok(Command::new(bin("dfleet"))
             .arg("--socket")
@@ -429,4 +442,46 @@ impl EventWatch {
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+/// Publishes `generation` (`IMAGE:GEN`) in the image store at `images_root`
+/// as `dfleet image publish` leaves it, through the store's own code: a tree
+/// holding its generation stamp, the kernel and initramfs copied with their
+/// hashes, and a published record. Returns the kernel's bytes, which are
+/// different for every generation.
+pub fn publish_generation(images_root: &Path, generation: &str) -> Result<Vec<u8>> {
+    use dfleet_provisioner::image::store::{GenState, ImageStore, Record};
+    let g: dfleet_proto::domain::GenerationRef = generation.parse()?;
+    let store = ImageStore::new(images_root);
+    let tree = store.tree(&g);
+    std::fs::create_dir_all(tree.join("etc/dfleet"))?;
+    std::fs::write(
+        tree.join("etc/dfleet/generation"),
+        format!("image = \"{}\"\ngeneration = {}\n", g.image, g.generation),
+    )?;
+    let scratch = tempfile::tempdir()?;
+    let kernel: Vec<u8> = (0..200_000u32)
+        .map(|i| (i.wrapping_mul(7).wrapping_add(g.generation.0 as u32) % 251) as u8)
+        .collect();
+    let (k, i) = (
+        scratch.path().join("vmlinuz"),
+        scratch.path().join("initrd.img"),
+    );
+    std::fs::write(&k, &kernel)?;
+    std::fs::write(&i, format!("initramfs of {g}"))?;
+    let boot = store.install_boot_files(&g, "6.1.0-test", &k, &i)?;
+    store.write_record(&Record {
+        image: g.image.clone(),
+        generation: g.generation.0,
+        state: GenState::Published,
+        parent: None,
+        origin: "test".into(),
+        created_ms: 0,
+        published_ms: Some(0),
+        digest: None,
+        size_bytes: None,
+        boot: Some(boot),
+        notes: Vec::new(),
+    })?;
+    Ok(kernel)
 }

@@ -202,12 +202,13 @@ async fn dnsmasq_serves_the_reserved_address_boot_file_menu_and_kernel() -> Resu
         &Settings::default(),
     );
     toml.push_str(&format!(
-        "\n[boot]\ninterface = \"{iface}\"\nsubnet = \"10.99.0.0/24\"\nnext_server = \"10.99.0.1\"\ndhcp = \"dnsmasq\"\ndhcp_reload = [\"true\"]\ndhcp_log = \"{log}\"\n\n[nfs]\nserver = \"10.99.0.1\"\n\n[paths]\ntftp_root = \"{tftp}\"\ndhcp_root = \"{dhcp}\"\nexports_root = \"{exports}\"\n",
+        "\n[boot]\ninterface = \"{iface}\"\nsubnet = \"10.99.0.0/24\"\nnext_server = \"10.99.0.1\"\ndhcp = \"dnsmasq\"\ndhcp_reload = [\"true\"]\ndhcp_log = \"{log}\"\n\n[nfs]\nserver = \"10.99.0.1\"\nexport_root = \"{images}\"\n\n[paths]\ntftp_root = \"{tftp}\"\ndhcp_root = \"{dhcp}\"\nexports_root = \"{exports}\"\n",
         iface = net.server_if,
         tftp = tftp.display(),
         dhcp = dir.path().join("dhcp").display(),
         exports = dir.path().join("exports").display(),
         log = dir.path().join("dhcp.log").display(),
+        images = dir.path().join("images").display(),
     ));
     // dnsmasq's log, as the coordinator reads it (copied from its stderr).
     let log_path = dir.path().join("dhcp.log");
@@ -219,12 +220,10 @@ async fn dnsmasq_serves_the_reserved_address_boot_file_menu_and_kernel() -> Resu
         Ok(())
     };
     let c = Coordinator::start(dir.path(), &toml).await?;
+    // Generation 3 is published; assigning it copies its kernel into the
+    // TFTP root.
+    let kernel = dfleet_tests::publish_generation(&dir.path().join("images"), "compute:3")?;
     c.cli(&["node", "assign", "cn01", "compute:3"]).await?;
-    // The kernel of generation 3, as an image publish would have copied it.
-    let kernel: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    let kpath = tftp.join("dfleet/compute/3/vmlinuz");
-    std::fs::create_dir_all(kpath.parent().context("dir")?)?;
-    std::fs::write(&kpath, &kernel)?;
 
     let conf = dir.path().join("dhcp/dnsmasq.conf");
     let mut dnsmasq = Command::new("ip")

@@ -42,7 +42,7 @@ dhcp_reload = ["sh", "-c", "echo reloaded >> {reloads}"]
 
 [nfs]
 server = "10.99.0.1"
-export_root = "/srv/dfleet/images"
+export_root = "{images}"
 managed = {nfs_managed}
 
 [paths]
@@ -54,6 +54,7 @@ exports_root = "{exports}"
         dhcp = dir.join("dhcp").display(),
         exports = dir.join("exports").display(),
         reloads = dir.join("reloads").display(),
+        images = dir.join("images").display(),
     ));
     t
 }
@@ -63,16 +64,28 @@ async fn an_unmanaged_nfs_server_gets_instructions_when_its_exports_change() -> 
     let dir = tempfile::tempdir()?;
     let ns = boot_nodes();
     let c = Coordinator::start(dir.path(), &boot_toml_nfs(dir.path(), &ns, false)).await?;
+    let images = dir.path().join("images");
 
-    // The first assignment needs a new export: the admin is told what to do.
+    // Nothing is published yet: nothing to export, and nothing to assign.
+    let none = c.cli(&["pxe", "apply"]).await?;
+    assert!(!none.contains("Export each directory"), "{none}");
+    let e = c.cli_err(&["node", "assign", "cn01", "compute:3"]).await?;
+    assert!(
+        e.contains("no generation compute:3 in the image store"),
+        "{e}"
+    );
+
+    // The first publish needs a new export: the admin is told what to do.
+    dfleet_tests::publish_generation(&images, "compute:3")?;
     let out = c.cli(&["node", "assign", "cn01", "compute:3"]).await?;
+    let path3 = format!("{}/compute/3", images.display());
     assert!(
         out.contains("Export each directory below over NFSv3"),
         "{out}"
     );
-    assert!(out.contains("  /srv/dfleet/images/compute/3\n"), "{out}");
+    assert!(out.contains(&format!("  {path3}\n")), "{out}");
     assert!(
-        out.contains("/srv/dfleet/images/compute/3 10.99.0.0/24(ro,no_root_squash"),
+        out.contains(&format!("{path3} 10.99.0.0/24(ro,no_root_squash")),
         "{out}"
     );
     let file = dir.path().join("exports/EXPORTS-TO-CONFIGURE.txt");
@@ -85,10 +98,14 @@ async fn an_unmanaged_nfs_server_gets_instructions_when_its_exports_change() -> 
     let again = c.cli(&["pxe", "apply"]).await?;
     assert!(!again.contains("Export each directory"), "{again}");
 
-    // A new generation does; the list names every generation in use.
-    let out = c.cli(&["node", "assign", "cn02", "compute:4"]).await?;
-    assert!(out.contains("  /srv/dfleet/images/compute/4\n"), "{out}");
-    assert!(out.contains("  /srv/dfleet/images/compute/3\n"), "{out}");
+    // A new generation does; the list names every published generation.
+    dfleet_tests::publish_generation(&images, "compute:4")?;
+    let out = c.cli(&["pxe", "apply"]).await?;
+    assert!(
+        out.contains(&format!("  {}/compute/4\n", images.display())),
+        "{out}"
+    );
+    assert!(out.contains(&format!("  {path3}\n")), "{out}");
     Ok(())
 }
 
@@ -98,6 +115,7 @@ async fn assign_renders_menus_apply_is_validated_and_idempotent() -> Result<()> 
     let ns = boot_nodes();
     let c = Coordinator::start(dir.path(), &boot_toml(dir.path(), &ns)).await?;
     let mut events = c.watch().await?;
+    let kernel = dfleet_tests::publish_generation(&dir.path().join("images"), "compute:3")?;
 
     // Assigning writes the menus through the single writer.
     let out = c.cli(&["node", "assign", "cn[01-03]", "compute:3"]).await?;
@@ -114,7 +132,20 @@ async fn assign_renders_menus_apply_is_validated_and_idempotent() -> Result<()> 
     let menu = std::fs::read_to_string(dir.path().join(format!("tftp/pxelinux.cfg/01-{mac}")))
         .context("cn01's menu")?;
     assert!(menu.contains("dfleet/compute/3/vmlinuz"), "{menu}");
-    assert!(menu.contains("/srv/dfleet/images/compute/3"), "{menu}");
+    assert!(
+        menu.contains(&format!(
+            "{}/compute/3",
+            dir.path().join("images").display()
+        )),
+        "{menu}"
+    );
+    // The generation's kernel is in the TFTP root, and it is exported.
+    assert_eq!(
+        std::fs::read(dir.path().join("tftp/dfleet/compute/3/vmlinuz"))?,
+        kernel
+    );
+    let exports = std::fs::read_to_string(dir.path().join("exports/dfleet.exports"))?;
+    assert!(exports.contains("/compute/3 10.99.0.0/24(ro,"), "{exports}");
     assert!(menu.contains("console=ttyS0,115200"), "{menu}");
     assert!(dir.path().join("dhcp/dnsmasq.conf").exists());
     // The loader comes from this host's pxelinux package.

@@ -102,6 +102,7 @@ pub fn loader_files(
                 path: PathBuf::from(s.name),
                 bytes,
                 mode: 0o644,
+                copy_of: None,
             }),
             Err(_) => missing.push(MissingLoader {
                 loader: loader_name(loader),
@@ -131,6 +132,7 @@ mod tests {
                 tftp_root: "/t".into(),
                 dhcp_root: "/d".into(),
                 exports_root: "/e".into(),
+                images_root: "/i".into(),
             },
             network: BootNetwork {
                 interface: "eth0".into(),
@@ -166,6 +168,8 @@ mod tests {
                     assigned: None,
                 })
                 .collect(),
+            images: Vec::new(),
+            unbootable: Vec::new(),
         }
     }
 

@@ -104,6 +104,16 @@ pub struct NfsConfig {
     pub management_host: Ipv4Addr,
 }
 
+/// A file the writer copies instead of rendering (a kernel, an initramfs):
+/// where it is on this host, and what it holds, so an unchanged copy is
+/// recognised without reading it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopySource {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub size: u64,
+}
+
 /// A published generation's boot facts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootImage {
@@ -114,6 +124,9 @@ pub struct BootImage {
     pub initrd: String,
     /// The exported tree, e.g. `/srv/dfleet/images/compute/7`.
     pub nfs_path: PathBuf,
+    /// Where publish left the kernel and initramfs in the image store.
+    pub kernel_source: CopySource,
+    pub initrd_source: CopySource,
 }
 
 /// One node as the boot network sees it.
@@ -147,6 +160,9 @@ pub struct BootPaths {
     /// e.g. `/etc/dfleet/exports` (`dfleet.exports` for the kernel server,
     /// `ganesha.conf` for nfs-ganesha).
     pub exports_root: PathBuf,
+    /// The image store on this host: `<image>/<generation>` trees and their
+    /// records (see [`crate::image::store`]); by default the NFS export root.
+    pub images_root: PathBuf,
 }
 
 /// Everything rendering needs.
@@ -159,6 +175,12 @@ pub struct BootPlan {
     /// `HOST:PORT` the agents reach the coordinator at (`dfleet.coordinator=`).
     pub coordinator: String,
     pub nodes: Vec<BootNode>,
+    /// Every published generation: each is exported and has its kernel and
+    /// initramfs in the TFTP root, assigned or not, so a node can go back.
+    pub images: Vec<BootImage>,
+    /// Nodes assigned a generation that is not published (any more); they
+    /// boot the safe default until assigned again.
+    pub unbootable: Vec<(String, GenerationRef)>,
 }
 
 /// Which tree a generated file belongs to; each has its own root on the
@@ -170,13 +192,15 @@ pub enum Tree {
     Exports,
 }
 
-/// One rendered file: its tree, its path inside that tree, its bytes and mode.
+/// One rendered file: its tree, its path inside that tree, its bytes and
+/// mode, or the file it is a copy of (then `bytes` is empty).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GeneratedFile {
     pub tree: Tree,
     pub path: PathBuf,
     pub bytes: Vec<u8>,
     pub mode: u32,
+    pub copy_of: Option<CopySource>,
 }
 
 #[cfg(test)]

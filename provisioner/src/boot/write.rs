@@ -14,7 +14,7 @@ use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::{BootPaths, GeneratedFile, Tree};
+use super::{BootPaths, CopySource, GeneratedFile, Tree};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -94,6 +94,15 @@ fn hash(bytes: &[u8]) -> String {
     format!("{h:016x}")
 }
 
+/// What the manifest records for `f`: the content hash of rendered bytes,
+/// or the source's SHA-256 for a copy.
+fn file_hash(f: &GeneratedFile) -> String {
+    match &f.copy_of {
+        Some(src) => format!("sha256:{}", src.sha256),
+        None => hash(&f.bytes),
+    }
+}
+
 /// Where a generated file goes on this host.
 pub fn target(paths: &BootPaths, f: &GeneratedFile) -> Result<PathBuf, WriteError> {
     if f.path.is_absolute()
@@ -160,22 +169,28 @@ pub fn diff(
     for f in files {
         let t = target(paths, f)?;
         wanted.insert(t.clone());
-        match fs::read(&t) {
-            Ok(old) => {
-                if !manifest.files.contains_key(&t) {
-                    return Err(WriteError::NotOurs(t));
-                }
-                let mode_ok = fs::metadata(&t)
-                    .map(|m| m.permissions().mode() & 0o7777 == f.mode)
-                    .unwrap_or(false);
-                if old == f.bytes && mode_ok {
-                    changes.unchanged += 1;
-                } else {
-                    changes.changed.push(t);
-                }
+        let meta = match fs::symlink_metadata(&t) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                changes.created.push(t);
+                continue;
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => changes.created.push(t),
             Err(e) => return Err(io("reading", &t)(e)),
+        };
+        let Some(owned_hash) = manifest.files.get(&t) else {
+            return Err(WriteError::NotOurs(t));
+        };
+        let mode_ok = meta.is_file() && meta.permissions().mode() & 0o7777 == f.mode;
+        let same = match &f.copy_of {
+            // A copy is recognised by the hash its source was recorded with
+            // and its size, without reading a kernel again on every apply.
+            Some(src) => *owned_hash == file_hash(f) && meta.len() == src.size,
+            None => fs::read(&t).map_err(io("reading", &t))? == f.bytes,
+        };
+        if same && mode_ok {
+            changes.unchanged += 1;
+        } else {
+            changes.changed.push(t);
         }
     }
     for owned in manifest.files.keys() {
@@ -227,6 +242,28 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32, sync: bool) -> Result<(), Wr
 
 /// Flushes the filesystems holding the trees: file data before the renames
 /// that publish it, and the renames themselves after.
+/// Copies `src` to `path` with `mode`, checking it is still the file the
+/// plan describes (its size; the hash was taken when it was published).
+fn copy_file(src: &CopySource, path: &Path, mode: u32) -> Result<(), WriteError> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(io("creating", dir))?;
+    }
+    let copied = fs::copy(&src.path, path).map_err(io("copying", &src.path))?;
+    if copied != src.size {
+        let _ = fs::remove_file(path);
+        return Err(WriteError::Io {
+            action: "copying",
+            path: src.path.clone(),
+            source: std::io::Error::other(format!(
+                "{copied} bytes where the image store recorded {}",
+                src.size
+            )),
+        });
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(io("setting the mode of", path))
+}
+
 fn sync_roots(paths: &BootPaths) -> Result<(), WriteError> {
     for root in [&paths.tftp_root, &paths.dhcp_root, &paths.exports_root] {
         if let Ok(dir) = fs::File::open(root) {
@@ -275,10 +312,14 @@ pub fn apply(
         changes.created.iter().chain(&changes.changed).collect();
     for f in files {
         let t = target(paths, f)?;
-        new_manifest.files.insert(t.clone(), hash(&f.bytes));
+        new_manifest.files.insert(t.clone(), file_hash(f));
         if to_write.contains(&t) {
             let s = staged_name(&t);
-            if let Err(e) = write_file(&s, &f.bytes, f.mode, false) {
+            let written = match &f.copy_of {
+                Some(src) => copy_file(src, &s, f.mode),
+                None => write_file(&s, &f.bytes, f.mode, false),
+            };
+            if let Err(e) = written {
                 cleanup(&staged);
                 return Err(e);
             }
@@ -375,6 +416,7 @@ mod tests {
             tftp_root: dir.join("tftp"),
             dhcp_root: dir.join("dhcp"),
             exports_root: dir.join("exports"),
+            images_root: dir.join("images"),
         }
     }
 
@@ -384,6 +426,7 @@ mod tests {
             path: PathBuf::from(path),
             bytes: text.as_bytes().to_vec(),
             mode: 0o644,
+            copy_of: None,
         }
     }
 
@@ -450,6 +493,51 @@ mod tests {
                 .unwrap(),
             mtime
         );
+    }
+
+    fn copy(path: &str, src: &Path, sha256: &str) -> GeneratedFile {
+        GeneratedFile {
+            tree: Tree::Tftp,
+            path: PathBuf::from(path),
+            bytes: Vec::new(),
+            mode: 0o644,
+            copy_of: Some(CopySource {
+                path: src.to_path_buf(),
+                sha256: sha256.to_string(),
+                size: fs::metadata(src).unwrap().len(),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_kernel_is_copied_once_and_again_only_when_its_source_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = paths(dir.path());
+        let m = dir.path().join("manifest");
+        let src = dir.path().join("vmlinuz");
+        fs::write(&src, vec![7u8; 100_000]).unwrap();
+        let k = copy("dfleet/c/7/vmlinuz", &src, "aa");
+        let first = apply_ok(std::slice::from_ref(&k), &p, &m);
+        assert_eq!(first.created, [p.tftp_root.join("dfleet/c/7/vmlinuz")]);
+        assert_eq!(
+            fs::read(p.tftp_root.join("dfleet/c/7/vmlinuz")).unwrap(),
+            fs::read(&src).unwrap()
+        );
+        assert_eq!(apply_ok(std::slice::from_ref(&k), &p, &m).unchanged, 1);
+        // A rebuilt source has another hash: copied again.
+        fs::write(&src, vec![8u8; 100_001]).unwrap();
+        let k2 = copy("dfleet/c/7/vmlinuz", &src, "bb");
+        let again = apply_ok(&[k2], &p, &m);
+        assert_eq!(again.changed.len(), 1, "{again}");
+        assert_eq!(
+            fs::read(p.tftp_root.join("dfleet/c/7/vmlinuz")).unwrap(),
+            vec![8u8; 100_001]
+        );
+        // A source that is not what the store recorded stops the apply.
+        let mut wrong = copy("dfleet/c/8/vmlinuz", &src, "cc");
+        wrong.copy_of.as_mut().unwrap().size = 5;
+        assert!(apply(&[wrong], &p, &m, ok_hooks(&mut |_| Ok(()), &mut |_| Ok(()))).is_err());
+        assert!(!p.tftp_root.join("dfleet/c/8/vmlinuz").exists());
     }
 
     #[test]

@@ -142,20 +142,56 @@ pub(super) fn nfs(ctx: &mut Ctx<'_>, root: &Table<'_, '_>) -> Option<NfsSettings
     })
 }
 
-pub(super) fn paths(ctx: &mut Ctx<'_>, root: &Table<'_, '_>) -> BootPaths {
+/// `[paths]`, each root defaulted when absent. The image store defaults to
+/// the NFS export root: with a managed server the trees are exported where
+/// they are, so the two must agree; an appliance (`managed = false`) may be
+/// mounted on the management host somewhere else.
+pub(super) fn paths(
+    ctx: &mut Ctx<'_>,
+    root: &Table<'_, '_>,
+    nfs: Option<&NfsSettings>,
+) -> BootPaths {
     let t = ctx.table(root, "paths", Need::Optional);
     if let Some(t) = &t {
-        t.check_keys(ctx, &["tftp_root", "dhcp_root", "exports_root"]);
+        t.check_keys(
+            ctx,
+            &["tftp_root", "dhcp_root", "exports_root", "images_root"],
+        );
     }
-    let mut root_dir = |key: &str, default: &str| {
+    let mut root_dir = |key: &str| {
         t.as_ref()
             .and_then(|t| ctx.read(t, key, Need::Optional, doc::absolute_path))
-            .unwrap_or_else(|| PathBuf::from(default))
     };
+    let tftp_root = root_dir("tftp_root").unwrap_or_else(|| PathBuf::from(DEFAULT_TFTP_ROOT));
+    let dhcp_root = root_dir("dhcp_root").unwrap_or_else(|| PathBuf::from(DEFAULT_DHCP_ROOT));
+    let exports_root =
+        root_dir("exports_root").unwrap_or_else(|| PathBuf::from(DEFAULT_EXPORTS_ROOT));
+    let images_root = root_dir("images_root");
+    let export_root = nfs.map_or_else(
+        || PathBuf::from(DEFAULT_EXPORT_ROOT),
+        |n| n.export_root.clone(),
+    );
+    if let (Some(images), Some(nfs), Some(t)) = (&images_root, nfs, &t)
+        && nfs.managed
+        && *images != nfs.export_root
+        && let Some(line) = t.value_line(ctx, "images_root")
+    {
+        ctx.report_line(
+            line,
+            "paths.images_root",
+            format!(
+                "{} differs from nfs.export_root {}: a managed NFS server exports the images where they are \
+                 (set one of the two, or managed = false for an appliance mounted elsewhere)",
+                images.display(),
+                nfs.export_root.display()
+            ),
+        );
+    }
     BootPaths {
-        tftp_root: root_dir("tftp_root", DEFAULT_TFTP_ROOT),
-        dhcp_root: root_dir("dhcp_root", DEFAULT_DHCP_ROOT),
-        exports_root: root_dir("exports_root", DEFAULT_EXPORTS_ROOT),
+        tftp_root,
+        dhcp_root,
+        exports_root,
+        images_root: images_root.unwrap_or(export_root),
     }
 }
 

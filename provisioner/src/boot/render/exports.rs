@@ -14,12 +14,14 @@ const NODE_OPTIONS: &str = "ro,no_root_squash,sec=sys,no_subtree_check";
 /// a network, so this line wins for it although it is in the subnet too.
 const MANAGEMENT_OPTIONS: &str = "rw,no_root_squash,sec=sys,no_subtree_check";
 
-/// Every generation some node is assigned, by its exported path, sorted and
-/// each once. Only these are exported: a generation no node boots needs none.
+/// Every published generation (and, in plans built by hand, every assigned
+/// one), by its exported path, sorted and each once. A published generation
+/// stays exported while no node is assigned it, so a node can go back to it;
+/// `dfleet image gc` is what ends that.
 pub(super) fn exported_paths(plan: &BootPlan) -> Vec<&Path> {
-    plan.nodes
+    plan.images
         .iter()
-        .filter_map(|n| n.assigned.as_ref())
+        .chain(plan.nodes.iter().filter_map(|n| n.assigned.as_ref()))
         .map(|image| image.nfs_path.as_path())
         .collect::<BTreeSet<_>>()
         .into_iter()
@@ -41,7 +43,7 @@ pub(super) fn render(plan: &BootPlan) -> GeneratedFile {
     let mut lines = vec![
         format!("# {HEADER}"),
         format!(
-            "# Image generations assigned to nodes of cluster {}: read-only for the boot",
+            "# Published image generations of cluster {}: read-only for the boot",
             plan.cluster
         ),
         format!(
@@ -74,7 +76,7 @@ pub(super) fn instructions(plan: &BootPlan) -> GeneratedFile {
         ),
     ];
     if paths.is_empty() {
-        lines.push("No node is assigned a generation: nothing needs to be exported yet.".into());
+        lines.push("No generation is published: nothing needs to be exported yet.".into());
     } else {
         lines.extend(instruction_prose(plan));
         lines.extend(paths.iter().map(|p| format!("  {}", p.display())));

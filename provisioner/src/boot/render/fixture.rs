@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use dfleet_proto::domain::{Generation, GenerationRef, MacAddr};
 
 use crate::boot::{
-    BootImage, BootNetwork, BootNode, BootPaths, BootPlan, DhcpFlavour, Loader, NfsConfig, Subnet,
+    BootImage, BootNetwork, BootNode, BootPaths, BootPlan, CopySource, DhcpFlavour, Loader,
+    NfsConfig, Subnet,
 };
 
 /// A plan on 10.0.0.0/24 with the management host at .2 and `nodes`.
@@ -17,6 +18,7 @@ pub(super) fn plan(nodes: Vec<BootNode>) -> BootPlan {
             tftp_root: "/srv/tftp".into(),
             dhcp_root: "/etc/dfleet/dhcp".into(),
             exports_root: "/etc/dfleet/exports".into(),
+            images_root: "/srv/dfleet/images".into(),
         },
         network: BootNetwork {
             interface: "eth1".into(),
@@ -38,8 +40,19 @@ pub(super) fn plan(nodes: Vec<BootNode>) -> BootPlan {
             management_host: Ipv4Addr::new(10, 0, 0, 2),
         },
         coordinator: "10.0.0.2:7443".into(),
+        images: published(&nodes),
         nodes,
+        unbootable: Vec::new(),
     }
+}
+
+/// The generations `nodes` are assigned, each once: what the store would
+/// have published.
+fn published(nodes: &[BootNode]) -> Vec<BootImage> {
+    let mut images: Vec<BootImage> = nodes.iter().filter_map(|n| n.assigned.clone()).collect();
+    images.sort_by_key(|i| i.generation.to_string());
+    images.dedup_by(|a, b| a.generation == b.generation);
+    images
 }
 
 /// Node `name` at 10.0.0.(10 + `n`) with MAC 52:54:00:00:00:`n`.
@@ -66,5 +79,15 @@ pub(super) fn assigned(image: &str, generation: u64) -> Option<BootImage> {
         kernel: format!("dfleet/{image}/{generation}/vmlinuz"),
         initrd: format!("dfleet/{image}/{generation}/initrd.img"),
         nfs_path: PathBuf::from(format!("/srv/dfleet/images/{image}/{generation}")),
+        kernel_source: CopySource {
+            path: format!("/srv/dfleet/images/{image}/{generation}.boot/vmlinuz").into(),
+            sha256: "ab".repeat(32),
+            size: 8_000_000,
+        },
+        initrd_source: CopySource {
+            path: format!("/srv/dfleet/images/{image}/{generation}.boot/initrd.img").into(),
+            sha256: "cd".repeat(32),
+            size: 30_000_000,
+        },
     })
 }

@@ -1,4 +1,4 @@
-//! nfs-ganesha: `dfleet-ganesha.conf` serving every assigned generation over NFSv3
+//! nfs-ganesha: `dfleet-ganesha.conf` serving every published generation over NFSv3
 //! on fixed TCP ports, so nodes and firewalls need no portmapper lookups.
 
 use std::collections::BTreeSet;
@@ -12,10 +12,7 @@ use crate::boot::{BootPlan, GeneratedFile, Tree};
 pub(super) fn render(plan: &BootPlan) -> GeneratedFile {
     let mut lines = vec![
         format!("# {HEADER}"),
-        format!(
-            "# Image generations assigned to nodes of cluster {}.",
-            plan.cluster
-        ),
+        format!("# Published image generations of cluster {}.", plan.cluster),
         String::new(),
     ];
     lines.extend(core_params());

@@ -43,8 +43,30 @@ pub fn render(plan: &BootPlan) -> Vec<GeneratedFile> {
     files.extend(pxelinux::render(plan));
     files.extend(grub::render(plan));
     files.extend(ipxe::render(plan));
+    files.extend(kernel_files(plan));
     files.extend(nfs_files(plan));
     files.sort_by(|a, b| (a.tree, &a.path).cmp(&(b.tree, &b.path)));
+    files
+}
+
+/// The kernel and initramfs of every published generation, copied into the
+/// TFTP root under generation-specific names.
+fn kernel_files(plan: &BootPlan) -> Vec<GeneratedFile> {
+    let mut files = Vec::new();
+    for image in &plan.images {
+        for (path, source) in [
+            (&image.kernel, &image.kernel_source),
+            (&image.initrd, &image.initrd_source),
+        ] {
+            files.push(GeneratedFile {
+                tree: Tree::Tftp,
+                path: PathBuf::from(path),
+                bytes: Vec::new(),
+                mode: 0o644,
+                copy_of: Some(source.clone()),
+            });
+        }
+    }
     files
 }
 
@@ -75,6 +97,7 @@ fn text_file(tree: Tree, path: impl Into<PathBuf>, text: String) -> GeneratedFil
         path: path.into(),
         bytes: text.into_bytes(),
         mode: 0o644,
+        copy_of: None,
     }
 }
 
@@ -113,7 +136,8 @@ mod tests {
         ]);
         let got = paths(&render(&p));
         let mut sorted = got.clone();
-        sorted.sort();
+        // Paths sort component by component, as the writer walks them.
+        sorted.sort_by(|a, b| (a.0, PathBuf::from(&a.1)).cmp(&(b.0, PathBuf::from(&b.1))));
         assert_eq!(got, sorted);
         assert_eq!(got.first().map(|(t, _)| *t), Some(Tree::Tftp));
         assert_eq!(got.last().map(|(t, _)| *t), Some(Tree::Exports));
@@ -143,10 +167,37 @@ mod tests {
         let p = plan(vec![node("n1", 1, Loader::Ipxe, assigned("compute", 7))]);
         for f in render(&p) {
             assert_eq!(f.mode, 0o644, "{}", f.path.display());
+            if f.copy_of.is_some() {
+                // A kernel or initramfs: copied, not rendered.
+                assert!(f.bytes.is_empty());
+                continue;
+            }
             let text = String::from_utf8(f.bytes).unwrap();
             assert!(text.contains(HEADER), "{} has no header", f.path.display());
             assert!(text.ends_with('\n'), "{}", f.path.display());
         }
+    }
+
+    #[test]
+    fn every_published_generation_has_its_kernel_and_initramfs_copied() {
+        let p = plan(vec![node("n1", 1, Loader::Auto, assigned("compute", 7))]);
+        let copies: Vec<(String, PathBuf)> = render(&p)
+            .into_iter()
+            .filter_map(|f| Some((f.path.display().to_string(), f.copy_of?.path)))
+            .collect();
+        assert_eq!(
+            copies,
+            [
+                (
+                    "dfleet/compute/7/initrd.img".to_string(),
+                    PathBuf::from("/srv/dfleet/images/compute/7.boot/initrd.img")
+                ),
+                (
+                    "dfleet/compute/7/vmlinuz".to_string(),
+                    PathBuf::from("/srv/dfleet/images/compute/7.boot/vmlinuz")
+                ),
+            ]
+        );
     }
 
     #[test]
