@@ -93,6 +93,14 @@ pub enum Command {
     },
     /// Re-read cluster.toml without a restart (like SIGHUP).
     Reload,
+    /// Image generations: edit, run commands inside, verify, list (on the
+    /// management host, as root, next to the image store).
+    Image {
+        #[arg(long, short, default_value = "/etc/dfleet/cluster.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: crate::images::ImageCommand,
+    },
     /// Boot files: DHCP configuration, boot menus, NFS exports.
     Pxe {
         #[command(subcommand)]
@@ -216,6 +224,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Events { follow, json, last } => events(&cli, *follow, *json, *last).await,
         Command::Top { interval, once } => top(&cli, *interval, *once).await,
         Command::Pxe { command } => pxe(&cli, command).await,
+        // main runs these before the runtime starts (they need their exit
+        // code and no threads).
+        Command::Image { .. } => bail!("image commands run outside the runtime"),
         Command::Reload => {
             let mut c = client::connect(&cli.target()?).await?;
             let r = c

@@ -3,7 +3,23 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    // The image sandbox re-executes this binary for its two hidden stages;
+    // they unshare namespaces, so they run before clap or any thread starts.
+    if let Some(code) = dfleet_provisioner::image::chroot::dispatch(std::env::args_os()) {
+        return code;
+    }
     let cli = dfleet_coordinator::cli::Cli::parse();
+    // Image commands work on the local image store and pass on the exit
+    // status of what they run; they need no runtime.
+    if let dfleet_coordinator::cli::Command::Image { config, command } = &cli.command {
+        return match dfleet_coordinator::images::run(config, command) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("dfleet: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     // The daemon logs what it does; interactive commands only what goes wrong.
     let default = match cli.command {
         dfleet_coordinator::cli::Command::Serve { .. } => "warn,dfleet_coordinator=info",

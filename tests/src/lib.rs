@@ -485,3 +485,34 @@ pub fn publish_generation(images_root: &Path, generation: &str) -> Result<Vec<u8
     })?;
     Ok(kernel)
 }
+
+/// A minimal root tree at `root`: this host's busybox with the libraries
+/// `ldd` lists, applet links for a shell and the usual tools, and the
+/// directories a sandbox mounts over. Enough to run commands inside it.
+pub fn busybox_root(root: &Path) -> Result<()> {
+    let busybox = Path::new("/usr/bin/busybox");
+    let mut files = vec![busybox.to_path_buf()];
+    let ldd = std::process::Command::new("ldd").arg(busybox).output()?;
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or "/lib64/ld-linux-x86-64.so.2 (0x…)"
+        if let Some(path) = line.split_whitespace().find(|w| w.starts_with('/')) {
+            files.push(PathBuf::from(path));
+        }
+    }
+    for f in &files {
+        let to = root.join(f.strip_prefix("/")?);
+        std::fs::create_dir_all(to.parent().context("parent")?)?;
+        std::fs::copy(f, &to).with_context(|| format!("copying {}", f.display()))?;
+    }
+    for dir in [
+        "bin", "proc", "sys", "dev", "run", "tmp", "etc", "usr/sbin", "root",
+    ] {
+        std::fs::create_dir_all(root.join(dir))?;
+    }
+    for applet in [
+        "sh", "cat", "echo", "ls", "sleep", "mount", "ps", "id", "touch",
+    ] {
+        std::os::unix::fs::symlink("/usr/bin/busybox", root.join("bin").join(applet))?;
+    }
+    Ok(())
+}

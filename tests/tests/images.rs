@@ -1,0 +1,174 @@
+//! `dfleet image` on a real image store: `edit` opens the next generation as
+//! an exact copy (file capabilities included, checked with the real
+//! `getcap`), `exec` runs commands inside the open generation only, and
+//! `verify` names what changed in a published tree.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use anyhow::{Context, Result};
+use dfleet_provisioner::image::manifest::Manifest;
+use dfleet_provisioner::image::store::ImageStore;
+use dfleet_tests::{Settings, bin, busybox_root, cluster_toml, publish_generation};
+
+struct Site {
+    _dir: tempfile::TempDir,
+    config: PathBuf,
+    images: PathBuf,
+}
+
+fn site() -> Result<Site> {
+    let dir = tempfile::tempdir()?;
+    let images = dir.path().join("images");
+    let mut toml = cluster_toml(dir.path(), &[], &Settings::default());
+    toml.push_str(&format!(
+        "\n[nfs]\nserver = \"10.99.0.1\"\nexport_root = \"{}\"\n",
+        images.display()
+    ));
+    let config = dir.path().join("cluster.toml");
+    std::fs::write(&config, toml)?;
+    Ok(Site {
+        _dir: dir,
+        config,
+        images,
+    })
+}
+
+fn dfleet(site: &Site, args: &[&str]) -> Result<Output> {
+    Ok(std::process::Command::new(bin("dfleet"))
+        .arg("image")
+        .arg("--config")
+        .arg(&site.config)
+        .args(args)
+        .output()?)
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// compute:1, published, with a busybox root, a capability on a binary and
+/// its manifest.
+fn published_base(site: &Site) -> Result<PathBuf> {
+    publish_generation(&site.images, "compute:1")?;
+    let store = ImageStore::new(&site.images);
+    let g = "compute:1".parse()?;
+    let tree = store.tree(&g);
+    busybox_root(&tree)?;
+    let ping = tree.join("usr/bin/ping");
+    std::fs::copy("/usr/bin/busybox", &ping)?;
+    let set = std::process::Command::new("setcap")
+        .args(["cap_net_raw+ep"])
+        .arg(&ping)
+        .status()?;
+    assert!(set.success(), "setcap failed");
+    Manifest::build(&tree)?.write(&store.manifest_path(&g))?;
+    Ok(tree)
+}
+
+fn getcap(path: &Path) -> Result<String> {
+    let out = std::process::Command::new("getcap").arg(path).output()?;
+    Ok(String::from_utf8(out.stdout)?
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string())
+}
+
+#[test]
+fn edit_copies_exactly_and_exec_changes_only_the_open_generation() -> Result<()> {
+    let site = site()?;
+    let base = published_base(&site)?;
+
+    // Published generations never change: there is nothing open to exec in.
+    let o = dfleet(&site, &["exec", "compute", "--", "touch", "/x"])?;
+    assert!(!o.status.success());
+    assert!(text(&o).contains("has no open generation"), "{}", text(&o));
+
+    let o = dfleet(&site, &["edit", "compute"])?;
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("compute:2 is open"), "{}", text(&o));
+    let open = site.images.join("compute/2");
+    assert_eq!(getcap(&open.join("usr/bin/ping"))?, "cap_net_raw=ep");
+    assert_eq!(getcap(&base.join("usr/bin/ping"))?, "cap_net_raw=ep");
+    // One open generation at a time.
+    let o = dfleet(&site, &["edit", "compute"])?;
+    assert!(
+        text(&o).contains("compute:2 is already open"),
+        "{}",
+        text(&o)
+    );
+
+    // A change made inside lands in the open generation only.
+    let o = dfleet(
+        &site,
+        &[
+            "exec",
+            "compute",
+            "--",
+            "sh",
+            "-c",
+            "echo changed > /etc/motd; exit 7",
+        ],
+    )?;
+    assert_eq!(o.status.code(), Some(7), "{}", text(&o));
+    assert_eq!(std::fs::read_to_string(open.join("etc/motd"))?, "changed\n");
+    assert!(!base.join("etc/motd").exists());
+
+    let list = dfleet(&site, &["list"])?;
+    let listing = text(&list);
+    assert!(
+        listing.contains("compute:1") && listing.contains("published"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("compute:2") && listing.contains("open"),
+        "{listing}"
+    );
+    Ok(())
+}
+
+#[test]
+fn verify_names_what_changed_in_a_published_tree() -> Result<()> {
+    let site = site()?;
+    let base = published_base(&site)?;
+    let o = dfleet(&site, &["verify", "compute"])?;
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("compute:1: matches its manifest"),
+        "{}",
+        text(&o)
+    );
+
+    // Someone edits the published tree behind dfleet's back.
+    std::fs::write(base.join("etc/motd"), "tampered\n")?;
+    let removed = std::process::Command::new("setcap")
+        .arg("-r")
+        .arg(base.join("usr/bin/ping"))
+        .status()?;
+    assert!(removed.success());
+    let o = dfleet(&site, &["verify", "compute:1"])?;
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let out = text(&o);
+    assert!(out.contains("2 differences"), "{out}");
+    assert!(out.contains("etc/motd"), "{out}");
+    assert!(
+        out.contains("usr/bin/ping") && out.contains("security.capability"),
+        "{out}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_bad_image_name_is_refused() -> Result<()> {
+    let site = site()?;
+    let o = dfleet(&site, &["edit", "../etc"])?;
+    assert!(!o.status.success());
+    assert!(text(&o).contains("invalid image name"), "{}", text(&o));
+    std::fs::metadata(&site.config).context("config")?;
+    Ok(())
+}
