@@ -30,6 +30,9 @@ command -v curl >/dev/null || missing+=(curl)
 command -v ip >/dev/null || missing+=(iproute2)
 # Image trees: file capabilities set and read back with the real tools.
 command -v setcap >/dev/null || missing+=(libcap2-bin)
+# A real Debian 12 image (cached outside the clone, see tests/tests/image_debian.rs).
+command -v debootstrap >/dev/null || missing+=(debootstrap)
+command -v chattr >/dev/null || missing+=(e2fsprogs)
 # Boot loaders dfleet copies into the TFTP root.
 [ -f /usr/lib/PXELINUX/pxelinux.0 ] || missing+=(pxelinux)
 [ -f /usr/lib/syslinux/modules/bios/ldlinux.c32 ] || missing+=(syslinux-common)

@@ -33,6 +33,34 @@ impl BootWriter {
             manifest: state_dir.join("boot-manifest"),
         })
     }
+
+    /// Takes the writer's lock for steps that must not interleave with any
+    /// other write: an assignment and its apply, or `image gc` removing
+    /// generations, re-rendering and deleting their trees.
+    pub async fn hold(&self) -> Held<'_> {
+        Held {
+            _guard: self.lock.lock().await,
+            writer: self,
+        }
+    }
+}
+
+/// The boot writer's lock, held; [`apply_held`] writes under it.
+#[derive(Debug)]
+pub struct Held<'a> {
+    _guard: tokio::sync::MutexGuard<'a, ()>,
+    writer: &'a BootWriter,
+}
+
+/// Whether the boot files of an earlier apply may still be on disk: the
+/// writer's manifest lists any file.
+pub async fn has_written(held: &Held<'_>) -> Result<bool, Status> {
+    let manifest = held.writer.manifest.clone();
+    tokio::task::spawn_blocking(move || write::Manifest::load(&manifest))
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map(|m| !m.files.is_empty())
+        .map_err(write_status)
 }
 
 /// The address nodes dial when `[boot] coordinator` is not set: the first
@@ -162,7 +190,17 @@ pub async fn apply(
     writer: &BootWriter,
     actor: &str,
 ) -> Result<Applied, Status> {
-    let _held = writer.lock.lock().await;
+    let held = writer.hold().await;
+    apply_held(fleet, &held, actor).await
+}
+
+/// [`apply`] for a caller that holds the writer's lock already.
+pub async fn apply_held(
+    fleet: &FleetHandle,
+    held: &Held<'_>,
+    actor: &str,
+) -> Result<Applied, Status> {
+    let writer = held.writer;
     let Rendered {
         inv,
         files,
@@ -179,6 +217,7 @@ pub async fn apply(
     let scratch = writer.manifest.with_extension("check");
     let inv_paths = inv.paths.clone();
     let reload = inv.boot.as_ref().map(|b| b.dhcp_reload.clone());
+    let nfs_reload = inv.nfs.as_ref().map(|n| n.reload.clone());
     let (changes, checks) = tokio::task::spawn_blocking(move || {
         let mut checks = Vec::new();
         let flavour = inv.boot.as_ref().map(|b| b.network.dhcp);
@@ -217,7 +256,19 @@ pub async fn apply(
         .chain(&changes.removed)
         .any(|p| p.starts_with(&inv_paths.dhcp_root));
     if dhcp_changed && let Some(argv) = reload {
-        checks.push(reload_dhcp(&argv).await);
+        checks.push(reload_server("the DHCP server", &argv).await);
+    }
+    // Exports: the NFS server re-reads them (the managed kernel server by
+    // default with `exportfs -ra`); a generation gc deletes is unexported
+    // here, before its tree goes.
+    let exports_changed = changes
+        .created
+        .iter()
+        .chain(&changes.changed)
+        .chain(&changes.removed)
+        .any(|p| p.starts_with(&inv_paths.exports_root));
+    if exports_changed && let Some(argv) = nfs_reload.filter(|a| !a.is_empty()) {
+        checks.push(reload_server("the NFS server", &argv).await);
     }
     let nfs_instructions = instructions.and_then(|(target, text)| {
         let new = changes.created.contains(&target) || changes.changed.contains(&target);
@@ -250,9 +301,10 @@ pub async fn apply(
     })
 }
 
-/// Tells the DHCP server to re-read its configuration. The files are in
-/// place already, so a failure here is reported, not undone.
-async fn reload_dhcp(argv: &[String]) -> String {
+/// Tells `server` (the DHCP or NFS server) to re-read its configuration.
+/// The files are in place already, so a failure here is reported, not
+/// undone.
+async fn reload_server(server: &str, argv: &[String]) -> String {
     let Some((program, args)) = argv.split_first() else {
         return "reload: no command configured".into();
     };
@@ -264,12 +316,12 @@ async fn reload_dhcp(argv: &[String]) -> String {
     match tokio::time::timeout(std::time::Duration::from_secs(30), run).await {
         Ok(Ok(out)) if out.status.success() => format!("reload: {shown}: ok"),
         Ok(Ok(out)) => format!(
-            "reload: {shown} failed ({}): {} — the new files are in place; reload the DHCP server by hand",
+            "reload: {shown} failed ({}): {} — the new files are in place; reload {server} by hand",
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         ),
         Ok(Err(e)) => {
-            format!("reload: {shown} could not run: {e} — reload the DHCP server by hand")
+            format!("reload: {shown} could not run: {e} — reload {server} by hand")
         }
         Err(_) => format!("reload: {shown} timed out after 30 s"),
     }

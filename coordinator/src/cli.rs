@@ -169,7 +169,7 @@ pub enum CertCommand {
 }
 
 impl Cli {
-    fn target(&self) -> Result<Target> {
+    pub(crate) fn target(&self) -> Result<Target> {
         match &self.remote {
             None => Ok(Target::Socket(self.socket.clone())),
             Some(addr) => {

@@ -11,7 +11,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use dfleet_proto::domain::{Event, EventKind, GenerationRef, MacAddr, NodeState, Report};
+use dfleet_proto::domain::{
+    BootedGeneration, Event, EventKind, GenerationRef, MacAddr, NodeState, Report,
+};
 use dfleet_proto::pb;
 use dfleet_provisioner::inventory::{EnrollmentPolicy, Inventory, NodeEntry};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -239,6 +241,29 @@ pub enum Command {
         detail: String,
         actor: String,
     },
+    /// For every inventory node: the generation it is assigned and the one
+    /// its last report says it booted. Read-only; `image gc` and
+    /// `image list` use it.
+    Generations {
+        reply: oneshot::Sender<Vec<NodeGenerations>>,
+    },
+    /// Records that `image gc` deleted generations.
+    GenerationsDeleted {
+        detail: String,
+        actor: String,
+    },
+}
+
+/// What one node has to do with image generations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeGenerations {
+    pub node: String,
+    /// What it boots next.
+    pub assigned: Option<GenerationRef>,
+    /// What its last report says it booted, whether it is connected, stale
+    /// or lost: such a node may still run from that generation's tree.
+    /// `None` when it never reported.
+    pub booted: Option<BootedGeneration>,
 }
 
 /// A cheap, cloneable handle to the fleet task.
@@ -673,6 +698,29 @@ impl Fleet {
             Command::Discovered { mac, line } => self.discovered(mac, &line),
             Command::BootApplied { detail, actor } => {
                 self.emit(EventKind::BootFilesApplied, "", detail, &actor);
+            }
+            Command::Generations { reply } => {
+                let nodes = self
+                    .inv
+                    .nodes
+                    .iter()
+                    .map(|e| {
+                        let name = e.name.as_str();
+                        NodeGenerations {
+                            node: name.to_string(),
+                            assigned: self.assignments.get(name).cloned(),
+                            booted: self
+                                .nodes
+                                .get(name)
+                                .and_then(|r| r.row.report.as_ref())
+                                .map(|r| r.booted.clone()),
+                        }
+                    })
+                    .collect();
+                let _ = reply.send(nodes);
+            }
+            Command::GenerationsDeleted { detail, actor } => {
+                self.emit(EventKind::GenerationsDeleted, "", detail, &actor);
             }
             Command::Metrics { reply } => {
                 let _ = reply.send(MetricsSnapshot {

@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod demo;
 pub mod dhcp_log;
 pub mod fleet;
+pub mod image_gc;
 pub mod images;
 pub mod metrics;
 pub mod neighbour;

@@ -12,7 +12,7 @@ fn main() -> std::process::ExitCode {
     // Image commands work on the local image store and pass on the exit
     // status of what they run; they need no runtime.
     if let dfleet_coordinator::cli::Command::Image { config, command } = &cli.command {
-        return match dfleet_coordinator::images::run(config, command) {
+        return match dfleet_coordinator::images::run(&cli, config, command) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("dfleet: {e:#}");

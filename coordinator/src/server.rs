@@ -481,6 +481,10 @@ impl Admin for Services {
             })?;
         let names = dfleet_provisioner::nodeset::expand(&r.nodeset, 1_000_000)
             .map_err(|e| Status::invalid_argument(format!("node set {:?}: {e}", r.nodeset)))?;
+        // The check, the assignment and its apply hold the boot writer's
+        // lock together, so `image gc` cannot delete the generation between
+        // them.
+        let held = self.boot.hold().await;
         crate::boot::check_bootable(&self.fleet, &target).await?;
         let mut detail = self
             .fleet
@@ -494,7 +498,7 @@ impl Admin for Services {
             .map_err(Status::invalid_argument)?;
         // The menus follow the assignment through the single writer; without
         // a boot network in the inventory there is nothing to write.
-        match crate::boot::apply(&self.fleet, &self.boot, &actor).await {
+        match crate::boot::apply_held(&self.fleet, &held, &actor).await {
             Ok(applied) => {
                 detail.push_str(&format!("; boot files: {}", changes_line(&applied.changes)));
                 if let Some(text) = applied.nfs_instructions {
@@ -555,6 +559,38 @@ impl Admin for Services {
         let mut reply = changes_pb(applied.changes, applied.checks);
         reply.nfs_instructions = applied.nfs_instructions.unwrap_or_default();
         Ok(Response::new(reply))
+    }
+
+    async fn image_gc(
+        &self,
+        req: Request<pb::ImageGcRequest>,
+    ) -> Result<Response<pb::ImageGcReply>, Status> {
+        let actor = admin_caller(self, &req).await?;
+        let r = req.into_inner();
+        let done = crate::image_gc::gc(&self.fleet, &self.boot, r.keep, r.dry_run, &actor).await?;
+        Ok(Response::new(pb::ImageGcReply {
+            deleted: done.deleted.iter().map(ToString::to_string).collect(),
+            kept_reasons: done.kept,
+            boot_files: done.boot_files,
+        }))
+    }
+
+    async fn image_usage(
+        &self,
+        req: Request<pb::ImageUsageRequest>,
+    ) -> Result<Response<pb::ImageUsageReply>, Status> {
+        admin_caller(self, &req).await?;
+        let usage = crate::image_gc::usage_of(&self.fleet).await?;
+        Ok(Response::new(pb::ImageUsageReply {
+            usage: usage
+                .into_iter()
+                .map(|u| pb::GenerationUsage {
+                    generation: Some(u.generation.into()),
+                    running: u.running,
+                    assigned: u.assigned,
+                })
+                .collect(),
+        }))
     }
 
     async fn issue_admin_cert(

@@ -324,6 +324,7 @@ impl From<EventKind> for pb::EventKind {
             EventKind::Assigned => pb::EventKind::Assigned,
             EventKind::BootFilesApplied => pb::EventKind::BootFilesApplied,
             EventKind::Discovered => pb::EventKind::Discovered,
+            EventKind::GenerationsDeleted => pb::EventKind::GenerationsDeleted,
         }
     }
 }
@@ -354,6 +355,7 @@ impl TryFrom<pb::EventKind> for EventKind {
             pb::EventKind::Assigned => EventKind::Assigned,
             pb::EventKind::BootFilesApplied => EventKind::BootFilesApplied,
             pb::EventKind::Discovered => EventKind::Discovered,
+            pb::EventKind::GenerationsDeleted => EventKind::GenerationsDeleted,
         })
     }
 }

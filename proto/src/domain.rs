@@ -424,10 +424,12 @@ pub enum EventKind {
     BootFilesApplied,
     /// A machine the inventory does not know asked the DHCP server for a lease.
     Discovered,
+    /// `dfleet image gc` deleted image generations.
+    GenerationsDeleted,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 21] = [
+    pub const ALL: [EventKind; 22] = [
         EventKind::CoordinatorStarted,
         EventKind::Enrolled,
         EventKind::EnrollPending,
@@ -449,6 +451,7 @@ impl EventKind {
         EventKind::Assigned,
         EventKind::BootFilesApplied,
         EventKind::Discovered,
+        EventKind::GenerationsDeleted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -474,6 +477,7 @@ impl EventKind {
             EventKind::Assigned => "assigned",
             EventKind::BootFilesApplied => "boot-files-applied",
             EventKind::Discovered => "discovered",
+            EventKind::GenerationsDeleted => "generations-deleted",
         }
     }
 }

@@ -136,17 +136,9 @@ fn publish(inv: &Inventory, g: &GenerationRef) {
     let boot = store.install_boot_files(g, "6.1.0-bench", &k, &i).unwrap();
     store
         .write_record(&Record {
-            image: g.image.clone(),
-            generation: g.generation.0,
-            state: GenState::Published,
-            parent: None,
-            origin: "benchmark".into(),
-            created_ms: 0,
             published_ms: Some(0),
-            digest: None,
-            size_bytes: None,
             boot: Some(boot),
-            notes: Vec::new(),
+            ..Record::new(g, GenState::Published, "benchmark", 0)
         })
         .unwrap();
 }

@@ -184,6 +184,9 @@ pub struct NfsSettings {
     pub managed: bool,
     /// The only client allowed to write; the server itself unless given.
     pub management_host: Ipv4Addr,
+    /// Run when dfleet's exports change, so the NFS server serves them
+    /// (default `exportfs -ra`; empty when `managed = false`).
+    pub reload: Vec<String>,
 }
 
 /// A node's boot settings with every level applied: what its boot files say.

@@ -173,6 +173,7 @@ fn the_fixture_uses_every_feature_and_loads() {
             export_root: "/export/dfleet".into(),
             managed: false,
             management_host: Ipv4Addr::new(10, 0, 0, 1),
+            reload: vec![],
         })
     );
     assert_eq!(
@@ -937,6 +938,7 @@ fn boot_and_nfs_tables_take_their_defaults() {
             export_root: "/srv/dfleet/images".into(),
             managed: true,
             management_host: Ipv4Addr::new(10, 0, 0, 2),
+            reload: vec!["exportfs".into(), "-ra".into()],
         })
     );
 }
@@ -977,7 +979,7 @@ kernel_arg = ["quiet"]
              subnet, router, dns, domain, ntp, next_server, dhcp, coordinator, dhcp_reload, dhcp_log, loader, \
              kernel_args, console, overlay_size",
             "cluster.toml:12: nfs.exports: unknown key `exports`; expected one of: server, \
-             export_root, managed, management_host",
+             export_root, managed, management_host, reload",
             "cluster.toml:14: paths.tftp: unknown key `tftp`; expected one of: tftp_root, \
              dhcp_root, exports_root, images_root",
             "cluster.toml:16: groups.compute.kernel_arg: unknown key `kernel_arg`; expected one \

@@ -470,19 +470,10 @@ pub fn publish_generation(images_root: &Path, generation: &str) -> Result<Vec<u8
     std::fs::write(&k, &kernel)?;
     std::fs::write(&i, format!("initramfs of {g}"))?;
     let boot = store.install_boot_files(&g, "6.1.0-test", &k, &i)?;
-    store.write_record(&Record {
-        image: g.image.clone(),
-        generation: g.generation.0,
-        state: GenState::Published,
-        parent: None,
-        origin: "test".into(),
-        created_ms: 0,
-        published_ms: Some(0),
-        digest: None,
-        size_bytes: None,
-        boot: Some(boot),
-        notes: Vec::new(),
-    })?;
+    let mut record = Record::new(&g, GenState::Published, "test", 0);
+    record.published_ms = Some(0);
+    record.boot = Some(boot);
+    store.write_record(&record)?;
     Ok(kernel)
 }
 

@@ -202,7 +202,7 @@ async fn dnsmasq_serves_the_reserved_address_boot_file_menu_and_kernel() -> Resu
         &Settings::default(),
     );
     toml.push_str(&format!(
-        "\n[boot]\ninterface = \"{iface}\"\nsubnet = \"10.99.0.0/24\"\nnext_server = \"10.99.0.1\"\ndhcp = \"dnsmasq\"\ndhcp_reload = [\"true\"]\ndhcp_log = \"{log}\"\n\n[nfs]\nserver = \"10.99.0.1\"\nexport_root = \"{images}\"\n\n[paths]\ntftp_root = \"{tftp}\"\ndhcp_root = \"{dhcp}\"\nexports_root = \"{exports}\"\n",
+        "\n[boot]\ninterface = \"{iface}\"\nsubnet = \"10.99.0.0/24\"\nnext_server = \"10.99.0.1\"\ndhcp = \"dnsmasq\"\ndhcp_reload = [\"true\"]\ndhcp_log = \"{log}\"\n\n[nfs]\nserver = \"10.99.0.1\"\nexport_root = \"{images}\"\nreload = [\"true\"]\n\n[paths]\ntftp_root = \"{tftp}\"\ndhcp_root = \"{dhcp}\"\nexports_root = \"{exports}\"\n",
         iface = net.server_if,
         tftp = tftp.display(),
         dhcp = dir.path().join("dhcp").display(),

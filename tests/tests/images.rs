@@ -22,7 +22,7 @@ fn site() -> Result<Site> {
     let images = dir.path().join("images");
     let mut toml = cluster_toml(dir.path(), &[], &Settings::default());
     toml.push_str(&format!(
-        "\n[nfs]\nserver = \"10.99.0.1\"\nexport_root = \"{}\"\n",
+        "\n[nfs]\nserver = \"10.99.0.1\"\nexport_root = \"{}\"\nreload = [\"true\"]\n",
         images.display()
     ));
     let config = dir.path().join("cluster.toml");
@@ -170,5 +170,26 @@ fn a_bad_image_name_is_refused() -> Result<()> {
     assert!(!o.status.success());
     assert!(text(&o).contains("invalid image name"), "{}", text(&o));
     std::fs::metadata(&site.config).context("config")?;
+    Ok(())
+}
+
+#[test]
+fn a_missing_install_tool_names_its_package_and_leaves_nothing() -> Result<()> {
+    let site = site()?;
+    // This host has debootstrap (the test command installs it), not dnf.
+    let o = dfleet(&site, &["create", "el", "--distro", "rhel8"])?;
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("rhel8 images are installed with dnf, which is not on this host: install the Debian package dnf"),
+        "{}",
+        text(&o)
+    );
+    assert!(!site.images.join("el/1").exists() && !site.images.join("el/.1.partial").exists());
+    let o = dfleet(&site, &["create", "el", "--distro", "ubuntu"])?;
+    assert!(
+        text(&o).contains("expected debian12, sles15 or rhel8"),
+        "{}",
+        text(&o)
+    );
     Ok(())
 }

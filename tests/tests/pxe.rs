@@ -44,6 +44,7 @@ dhcp_reload = ["sh", "-c", "echo reloaded >> {reloads}"]
 server = "10.99.0.1"
 export_root = "{images}"
 managed = {nfs_managed}
+reload = ["sh", "-c", "echo exports >> {reloads}"]
 
 [paths]
 tftp_root = "{tftp}"
@@ -153,10 +154,10 @@ async fn assign_renders_menus_apply_is_validated_and_idempotent() -> Result<()> 
         std::fs::read(dir.path().join("tftp/pxelinux.0"))?,
         std::fs::read("/usr/lib/PXELINUX/pxelinux.0")?
     );
-    // The DHCP server was told to re-read its configuration, once.
+    // The DHCP and NFS servers were told to re-read their configuration, once.
     assert_eq!(
         std::fs::read_to_string(dir.path().join("reloads"))?,
-        "reloaded\n"
+        "reloaded\nexports\n"
     );
 
     // Nothing left to do: diff and apply agree.
@@ -206,7 +207,7 @@ async fn assign_renders_menus_apply_is_validated_and_idempotent() -> Result<()> 
     assert!(applied.contains("reload: sh -c"), "{applied}");
     assert_eq!(
         std::fs::read_to_string(dir.path().join("reloads"))?,
-        "reloaded\nreloaded\n"
+        "reloaded\nexports\nreloaded\n"
     );
     Ok(())
 }

@@ -113,6 +113,28 @@ pub struct Record {
 }
 
 impl Record {
+    /// A record with no parent, publish facts or notes yet.
+    pub fn new(
+        g: &GenerationRef,
+        state: GenState,
+        origin: impl Into<String>,
+        created_ms: u64,
+    ) -> Record {
+        Record {
+            image: g.image.clone(),
+            generation: g.generation.0,
+            state,
+            parent: None,
+            origin: origin.into(),
+            created_ms,
+            published_ms: None,
+            digest: None,
+            size_bytes: None,
+            boot: None,
+            notes: Vec::new(),
+        }
+    }
+
     pub fn generation_ref(&self) -> GenerationRef {
         GenerationRef {
             image: self.image.clone(),
@@ -433,19 +455,13 @@ mod tests {
     use super::*;
 
     fn record(image: &str, generation: u64, state: GenState) -> Record {
-        Record {
+        let g = GenerationRef {
             image: image.into(),
-            generation,
-            state,
-            parent: generation.checked_sub(1).filter(|p| *p > 0),
-            origin: "test".into(),
-            created_ms: 1_700_000_000_000 + generation,
-            published_ms: None,
-            digest: None,
-            size_bytes: None,
-            boot: None,
-            notes: vec![],
-        }
+            generation: Generation(generation),
+        };
+        let mut r = Record::new(&g, state, "test", 1_700_000_000_000 + generation);
+        r.parent = generation.checked_sub(1).filter(|p| *p > 0);
+        r
     }
 
     #[test]

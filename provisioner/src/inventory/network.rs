@@ -123,7 +123,13 @@ pub(super) fn nfs(ctx: &mut Ctx<'_>, root: &Table<'_, '_>) -> Option<NfsSettings
     let t = ctx.table(root, "nfs", Need::Optional)?;
     t.check_keys(
         ctx,
-        &["server", "export_root", "managed", "management_host"],
+        &[
+            "server",
+            "export_root",
+            "managed",
+            "management_host",
+            "reload",
+        ],
     );
     let server = ctx.read(&t, "server", Need::Required, doc::ipv4);
     let export_root = ctx
@@ -133,12 +139,32 @@ pub(super) fn nfs(ctx: &mut Ctx<'_>, root: &Table<'_, '_>) -> Option<NfsSettings
         .read(&t, "managed", Need::Optional, doc::boolean)
         .unwrap_or(true);
     let management_host = ctx.read(&t, "management_host", Need::Optional, doc::ipv4);
+    let reload = ctx.list(&t, "reload", Need::Optional, doc::non_empty_string);
+    if let (Some([]), Some(value)) = (reload.as_deref(), t.get("reload")) {
+        ctx.report(
+            &value.span(),
+            t.field("reload"),
+            "must name at least the program to run",
+        );
+    }
     let server = server?;
     Some(NfsSettings {
         server,
         export_root,
         managed,
         management_host: management_host.unwrap_or(server),
+        // The kernel server re-reads /etc/exports.d with exportfs; an
+        // appliance is the administrator's to reload.
+        reload: reload.map_or_else(
+            || {
+                if managed {
+                    vec!["exportfs".into(), "-ra".into()]
+                } else {
+                    Vec::new()
+                }
+            },
+            |l| l.into_iter().map(|(s, _)| s).collect(),
+        ),
     })
 }
 
