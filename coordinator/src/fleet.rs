@@ -252,6 +252,11 @@ pub enum Command {
         detail: String,
         actor: String,
     },
+    /// Records that `image retire` withdrew a generation.
+    GenerationRetired {
+        detail: String,
+        actor: String,
+    },
 }
 
 /// What one node has to do with image generations.
@@ -718,6 +723,9 @@ impl Fleet {
                     })
                     .collect();
                 let _ = reply.send(nodes);
+            }
+            Command::GenerationRetired { detail, actor } => {
+                self.emit(EventKind::GenerationRetired, "", detail, &actor);
             }
             Command::GenerationsDeleted { detail, actor } => {
                 self.emit(EventKind::GenerationsDeleted, "", detail, &actor);

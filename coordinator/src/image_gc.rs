@@ -171,7 +171,7 @@ pub fn collectable(
             let mut reasons = Vec::new();
             match r.state {
                 GenState::Open => reasons.push(KeepReason::Open),
-                GenState::Published | GenState::Broken => {}
+                GenState::Published | GenState::Broken | GenState::Retired => {}
             }
             if let Some(nodes) = refs.running.get(&g) {
                 reasons.push(KeepReason::Running(nodes.clone()));
@@ -562,6 +562,84 @@ async fn restore(store: &ImageStore, victims: &[Record], removed: &[GenerationRe
         }
     })
     .await;
+}
+
+/// `dfleet image retire`: under the boot writer's lock and the image's
+/// lock, a published generation no node runs or is assigned becomes retired
+/// and the boot files are re-rendered, so it is unexported and its kernel
+/// leaves the TFTP root. Returns what was done.
+pub async fn retire(
+    fleet: &FleetHandle,
+    writer: &BootWriter,
+    g: &GenerationRef,
+    actor: &str,
+) -> Result<String, Status> {
+    let held = writer.hold().await;
+    let (inv, _) = fleet.ask(|reply| Command::BootInputs { reply }).await?;
+    let store = ImageStore::new(&inv.paths.images_root);
+    let lock = {
+        let (store, image) = (store.clone(), g.image.clone());
+        blocking(move || store.lock(&image))
+            .await?
+            .map_err(|e| Status::failed_precondition(e.to_string()))?
+    };
+    let mut record = {
+        let (store, g) = (store.clone(), g.clone());
+        blocking(move || store.record(&g))
+            .await?
+            .map_err(|e| Status::not_found(e.to_string()))?
+    };
+    if record.state != GenState::Published {
+        return Err(Status::failed_precondition(format!(
+            "{g} is {}: only a published generation can be retired",
+            record.state
+        )));
+    }
+    let nodes = fleet.ask(|reply| Command::Generations { reply }).await?;
+    let refs = References::from_nodes(&nodes);
+    let mut users = Vec::new();
+    if let Some(n) = refs.running.get(g) {
+        users.push(format!("running on {}", dfleet_provisioner::nodeset::fold(n)));
+    }
+    if let Some(n) = refs.assigned.get(g) {
+        users.push(format!("assigned to {}", dfleet_provisioner::nodeset::fold(n)));
+    }
+    if !users.is_empty() {
+        return Err(Status::failed_precondition(format!(
+            "{g} is {}: assign those nodes another generation (and reboot them) first",
+            users.join(" and ")
+        )));
+    }
+    record.state = GenState::Retired;
+    {
+        let (store, record) = (store.clone(), record.clone());
+        blocking(move || store.write_record(&record))
+            .await?
+            .map_err(|e| Status::internal(e.to_string()))?;
+    }
+    let applied = crate::boot::apply_held(fleet, &held, actor).await;
+    drop(lock);
+    let applied = match applied {
+        Ok(a) => a,
+        Err(e) => {
+            // Put it back: a generation is retired only when it is unexported.
+            record.state = GenState::Published;
+            let _ = blocking(move || store.write_record(&record)).await;
+            return Err(e);
+        }
+    };
+    let detail = format!(
+        "{g} is retired: unexported and its kernel removed from the TFTP root ({} changed, {} removed); `dfleet image gc` deletes it",
+        applied.changes.changed.len(),
+        applied.changes.removed.len()
+    );
+    let _ = fleet
+        .send(Command::GenerationRetired {
+            detail: detail.clone(),
+            actor: actor.to_string(),
+        })
+        .await;
+    Ok(detail)
 }
 
 /// Which nodes run and which are assigned one generation.

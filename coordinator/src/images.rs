@@ -49,6 +49,9 @@ pub enum ImageCommand {
     Shell { name: String },
     /// Re-check a published generation against its manifest (NAME: its latest).
     Verify { generation: String },
+    /// Withdraw a published generation no node runs or is assigned: it is
+    /// unexported and can no longer be assigned (through the daemon).
+    Retire { generation: String },
     /// Delete generations no node (connected, stale or lost) runs or is
     /// assigned, keeping the newest K published of each image (through the
     /// daemon, which unexports them first).
@@ -107,6 +110,22 @@ pub fn run(
     config: &Path,
     command: &ImageCommand,
 ) -> Result<std::process::ExitCode> {
+    if let ImageCommand::Retire { generation } = command {
+        let g: GenerationRef = generation.parse()?;
+        let target = cli.target()?;
+        let detail = current_thread()?.block_on(async {
+            let mut c = crate::client::connect(&target).await?;
+            let r = c
+                .image_retire(dfleet_proto::pb::ImageRetireRequest {
+                    generation: Some(g.into()),
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+            Ok::<_, anyhow::Error>(r.into_inner().detail)
+        })?;
+        println!("{detail}");
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
     if let ImageCommand::Gc { keep, dry_run } = command {
         let target = cli.target()?;
         current_thread()?.block_on(crate::image_gc::gc_command(&target, *keep, *dry_run))?;
@@ -141,7 +160,9 @@ pub fn run(
             allow_shared_host_keys,
         } => publish(&store, socket, name, *allow_shared_host_keys)?,
         ImageCommand::List { json } => list(cli, &store, *json)?,
-        ImageCommand::Gc { .. } => unreachable!("handled above"),
+        ImageCommand::Gc { .. } | ImageCommand::Retire { .. } => {
+            unreachable!("handled above")
+        }
         ImageCommand::Edit { name } => edit(&store, name)?,
         ImageCommand::Exec { name, command } => return exec(&store, name, command),
         ImageCommand::Shell { name } => {

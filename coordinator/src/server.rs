@@ -575,6 +575,23 @@ impl Admin for Services {
         }))
     }
 
+    async fn image_retire(
+        &self,
+        req: Request<pb::ImageRetireRequest>,
+    ) -> Result<Response<pb::ActionResponse>, Status> {
+        let actor = admin_caller(self, &req).await?;
+        let g: dfleet_proto::domain::GenerationRef = req
+            .into_inner()
+            .generation
+            .ok_or_else(|| Status::invalid_argument("no generation"))?
+            .try_into()
+            .map_err(|e: dfleet_proto::convert::ConvertError| {
+                Status::invalid_argument(e.to_string())
+            })?;
+        let detail = crate::image_gc::retire(&self.fleet, &self.boot, &g, &actor).await?;
+        Ok(Response::new(pb::ActionResponse { detail }))
+    }
+
     async fn image_usage(
         &self,
         req: Request<pb::ImageUsageRequest>,

@@ -325,6 +325,7 @@ impl From<EventKind> for pb::EventKind {
             EventKind::BootFilesApplied => pb::EventKind::BootFilesApplied,
             EventKind::Discovered => pb::EventKind::Discovered,
             EventKind::GenerationsDeleted => pb::EventKind::GenerationsDeleted,
+            EventKind::GenerationRetired => pb::EventKind::GenerationRetired,
         }
     }
 }
@@ -356,6 +357,7 @@ impl TryFrom<pb::EventKind> for EventKind {
             pb::EventKind::BootFilesApplied => EventKind::BootFilesApplied,
             pb::EventKind::Discovered => EventKind::Discovered,
             pb::EventKind::GenerationsDeleted => EventKind::GenerationsDeleted,
+            pb::EventKind::GenerationRetired => EventKind::GenerationRetired,
         })
     }
 }

@@ -426,10 +426,12 @@ pub enum EventKind {
     Discovered,
     /// `dfleet image gc` deleted image generations.
     GenerationsDeleted,
+    /// `dfleet image retire` withdrew a generation.
+    GenerationRetired,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 22] = [
+    pub const ALL: [EventKind; 23] = [
         EventKind::CoordinatorStarted,
         EventKind::Enrolled,
         EventKind::EnrollPending,
@@ -452,6 +454,7 @@ impl EventKind {
         EventKind::BootFilesApplied,
         EventKind::Discovered,
         EventKind::GenerationsDeleted,
+        EventKind::GenerationRetired,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -478,6 +481,7 @@ impl EventKind {
             EventKind::BootFilesApplied => "boot-files-applied",
             EventKind::Discovered => "discovered",
             EventKind::GenerationsDeleted => "generations-deleted",
+            EventKind::GenerationRetired => "generation-retired",
         }
     }
 }

@@ -222,3 +222,73 @@ async fn a_generation_a_node_runs_stays_after_the_node_goes_away() -> Result<()>
     assert_eq!(present(dir.path(), 1)?, (false, false, false, false));
     Ok(())
 }
+
+/// Runs `dfleet image ARGS` against the coordinator.
+async fn image_cli(c: &Coordinator, args: &[&str]) -> Result<std::process::Output> {
+    Ok(tokio::process::Command::new(dfleet_tests::bin("dfleet"))
+        .arg("--socket")
+        .arg(&c.socket)
+        .arg("image")
+        .arg("--config")
+        .arg(&c.config)
+        .args(args)
+        .output()
+        .await?)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retired_generation_is_unexported_unassignable_and_collected() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ns = nodes(62, 2);
+    let c = Coordinator::start(dir.path(), &boot_toml(dir.path(), 62, &ns)).await?;
+    let mut events = c.watch().await?;
+    let images = dir.path().join("images");
+    for n in 1..=3 {
+        dfleet_tests::publish_generation(&images, &format!("compute:{n}"))?;
+    }
+    c.cli(&["node", "assign", "cn01", "compute:2"]).await?;
+
+    // A generation in use cannot be retired.
+    let o = image_cli(&c, &["retire", "compute:2"]).await?;
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("compute:2 is assigned to cn01"), "{e}");
+
+    // An unused one is withdrawn: record kept, tree kept, nothing served.
+    let o = image_cli(&c, &["retire", "compute:1"]).await?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("compute:1 is retired"));
+    assert_eq!(present(dir.path(), 1)?, (true, true, false, false));
+    let store = ImageStore::new(&images);
+    assert_eq!(store.record(&g("compute:1"))?.state, GenState::Retired);
+    events
+        .wait_for("retired", |e| e.kind == EventKind::GenerationRetired)
+        .await?;
+    let list = image_cli(&c, &["list"]).await?;
+    let listing = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with("compute:1 ") && l.contains("retired")),
+        "{listing}"
+    );
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with("compute:2 ") && l.contains("cn01")),
+        "{listing}"
+    );
+
+    // It cannot be assigned, nor retired twice.
+    let e = c.cli_err(&["node", "assign", "cn02", "compute:1"]).await?;
+    assert!(e.contains("compute:1 is retired, not published"), "{e}");
+    let o = image_cli(&c, &["retire", "compute:1"]).await?;
+    assert!(!o.status.success());
+
+    // gc deletes it although it is not among the newest kept.
+    let o = image_cli(&c, &["gc", "--keep", "5"]).await?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(present(dir.path(), 1)?, (false, false, false, false));
+    assert_eq!(present(dir.path(), 3)?, (true, true, true, true));
+    Ok(())
+}

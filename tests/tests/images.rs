@@ -193,3 +193,42 @@ fn a_missing_install_tool_names_its_package_and_leaves_nothing() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_failed_publish_leaves_the_generation_open_and_usable() -> Result<()> {
+    let site = site()?;
+    published_base(&site)?;
+    let o = dfleet(&site, &["edit", "compute"])?;
+    assert!(o.status.success(), "{}", text(&o));
+    // A kernel, but no dracut in the tree: the initramfs build fails.
+    let open = site.images.join("compute/2");
+    std::fs::create_dir_all(open.join("lib/modules/6.1.0-test"))?;
+    std::fs::write(open.join("lib/modules/6.1.0-test/modules.dep"), "")?;
+    std::fs::create_dir_all(open.join("boot"))?;
+    std::fs::write(open.join("boot/vmlinuz-6.1.0-test"), "kernel")?;
+    let o = dfleet(&site, &["publish", "compute"])?;
+    assert!(!o.status.success());
+    let out = text(&o);
+    assert!(out.contains("dracut for 6.1.0-test failed"), "{out}");
+    assert!(out.contains("compute:2 stays open"), "{out}");
+    // Still open and writable; nothing of a publish left behind.
+    let store = ImageStore::new(&site.images);
+    let g2 = "compute:2".parse()?;
+    assert_eq!(
+        store.record(&g2)?.state,
+        dfleet_provisioner::image::store::GenState::Open
+    );
+    std::fs::write(open.join("etc/still-writable"), "yes")?;
+    assert!(!store.manifest_path(&g2).exists());
+    assert!(!store.boot_dir(&g2).exists());
+    assert!(!open.join("tmp/dfleet-initrd.img").exists());
+    // The sandbox can still run in it, and the previous generation is intact.
+    let o = dfleet(
+        &site,
+        &["exec", "compute", "--", "cat", "/etc/still-writable"],
+    )?;
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "yes");
+    let o = dfleet(&site, &["verify", "compute:1"])?;
+    assert!(o.status.success(), "{}", text(&o));
+    Ok(())
+}

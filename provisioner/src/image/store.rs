@@ -59,6 +59,9 @@ pub enum GenState {
     Open,
     /// Frozen, exported and bootable.
     Published,
+    /// Withdrawn by `dfleet image retire`: no longer exported or assignable,
+    /// its tree kept until `dfleet image gc`.
+    Retired,
     /// A failed build or publish left it unusable; `image edit` starts over
     /// from the last published generation.
     Broken,
@@ -69,6 +72,7 @@ impl std::fmt::Display for GenState {
         f.write_str(match self {
             GenState::Open => "open",
             GenState::Published => "published",
+            GenState::Retired => "retired",
             GenState::Broken => "broken",
         })
     }
