@@ -232,3 +232,61 @@ fn a_failed_publish_leaves_the_generation_open_and_usable() -> Result<()> {
     assert!(o.status.success(), "{}", text(&o));
     Ok(())
 }
+
+/// A tmpfs the test mounted, unmounted on drop (before the temporary
+/// directory it sits in is removed).
+struct Tmpfs(PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_during_publish_leaves_the_previous_generation_serving() -> Result<()> {
+    let site = site()?;
+    // The image store on a filesystem that fills up during the publish.
+    std::fs::create_dir_all(&site.images)?;
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=12m", "dfleet-test-full"])
+        .arg(&site.images)
+        .status()?;
+    assert!(mounted.success(), "mounting a tmpfs");
+    let _tmpfs = Tmpfs(site.images.clone());
+    let base = published_base(&site)?;
+    let o = dfleet(&site, &["edit", "compute"])?;
+    assert!(o.status.success(), "{}", text(&o));
+    let open = site.images.join("compute/2");
+    // A kernel, and a dracut that writes a 4 MiB initramfs: it fits in the
+    // tree, but copying it out next to the tree fills the disk.
+    std::fs::create_dir_all(open.join("lib/modules/6.1.0-test"))?;
+    std::fs::write(open.join("lib/modules/6.1.0-test/modules.dep"), "")?;
+    std::fs::create_dir_all(open.join("boot"))?;
+    std::fs::write(open.join("boot/vmlinuz-6.1.0-test"), "kernel")?;
+    std::os::unix::fs::symlink("/usr/bin/busybox", open.join("bin/dd"))?;
+    std::fs::write(
+        open.join("bin/dracut"),
+        "#!/bin/sh\nexec dd if=/dev/zero of=/tmp/dfleet-initrd.img bs=1048576 count=4\n",
+    )?;
+    std::fs::set_permissions(
+        open.join("bin/dracut"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    let o = dfleet(&site, &["publish", "compute"])?;
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("No space left on device"), "{}", text(&o));
+
+    // The new generation is still open; the previous one is whole and
+    // published, with its boot files, and verifies.
+    let store = ImageStore::new(&site.images);
+    use dfleet_provisioner::image::store::GenState;
+    assert_eq!(store.record(&"compute:2".parse()?)?.state, GenState::Open);
+    let g1 = "compute:1".parse()?;
+    assert_eq!(store.record(&g1)?.state, GenState::Published);
+    assert!(store.boot_dir(&g1).join("vmlinuz").exists());
+    let o = dfleet(&site, &["verify", "compute:1"])?;
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(base.join("usr/bin/ping").exists());
+    Ok(())
+}
