@@ -599,10 +599,16 @@ pub async fn retire(
     let refs = References::from_nodes(&nodes);
     let mut users = Vec::new();
     if let Some(n) = refs.running.get(g) {
-        users.push(format!("running on {}", dfleet_provisioner::nodeset::fold(n)));
+        users.push(format!(
+            "running on {}",
+            dfleet_provisioner::nodeset::fold(n)
+        ));
     }
     if let Some(n) = refs.assigned.get(g) {
-        users.push(format!("assigned to {}", dfleet_provisioner::nodeset::fold(n)));
+        users.push(format!(
+            "assigned to {}",
+            dfleet_provisioner::nodeset::fold(n)
+        ));
     }
     if !users.is_empty() {
         return Err(Status::failed_precondition(format!(
