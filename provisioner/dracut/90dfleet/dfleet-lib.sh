@@ -210,8 +210,21 @@ dfleet_overlay() {
 # dfleet_report: one line saying what the node booted.
 dfleet_report() {
     local _gen=unknown _size
-    [ -r "$DFLEET_LOWER/etc/dfleet/generation" ] \
-        && read -r _gen < "$DFLEET_LOWER/etc/dfleet/generation"
+    # The stamp is TOML (`image = "compute"`, `generation = 7`, comments).
+    local _line _image= _number=
+    if [ -r "$DFLEET_LOWER/etc/dfleet/generation" ]; then
+        while read -r _line; do
+            case "$_line" in
+                image*=*) _image=${_line#*=} ;;
+                generation*=*) _number=${_line#*=} ;;
+            esac
+        done < "$DFLEET_LOWER/etc/dfleet/generation"
+        # Strip the quotes and blanks with the shell alone (no tr in the initramfs).
+        _image=${_image#*\"}
+        _image=${_image%%\"*}
+        _number=${_number##* }
+        [ -n "$_image" ] && [ -n "$_number" ] && _gen="$_image:$_number"
+    fi
     read -r _size < "$DFLEET_STATE/size"
     info "dfleet: root is an overlay of $DFLEET_LOWER (generation $_gen) with its upper layer in a tmpfs of size $_size"
 }

@@ -57,11 +57,11 @@ fn export_block(plan: &BootPlan, path: &Path, id: u16) -> Vec<String> {
         "    SecType = sys;".to_string(),
         "    FSAL { Name = VFS; }".to_string(),
         format!(
-            "    CLIENT {{ Clients = {}; Access_Type = RW; }}",
+            "    CLIENT {{ Clients = {}; Protocols = 3; Access_Type = RW; }}",
             plan.nfs.management_host
         ),
         format!(
-            "    CLIENT {{ Clients = {}; Access_Type = RO; }}",
+            "    CLIENT {{ Clients = {}; Protocols = 3; Access_Type = RO; }}",
             plan.network.subnet
         ),
         "}".to_string(),
@@ -135,7 +135,7 @@ mod tests {
         assert_eq!(text.matches("EXPORT {").count(), 2, "{text}");
         assert!(text.contains("    Path = \"/srv/dfleet/images/gpu/2\";\n    Pseudo = \"/srv/dfleet/images/gpu/2\";\n"), "{text}");
         assert!(
-            text.contains("CLIENT { Clients = 10.0.0.0/24; Access_Type = RO; }"),
+            text.contains("CLIENT { Clients = 10.0.0.0/24; Protocols = 3; Access_Type = RO; }"),
             "{text}"
         );
     }
