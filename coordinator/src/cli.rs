@@ -101,6 +101,12 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::images::ImageCommand,
     },
+    /// A real diskless cluster on this machine: a network namespace with the
+    /// coordinator, DHCP/TFTP, an NFS server and QEMU nodes booting over it.
+    Lab {
+        #[command(subcommand)]
+        command: crate::lab::LabCommand,
+    },
     /// Boot files: DHCP configuration, boot menus, NFS exports.
     Pxe {
         #[command(subcommand)]
@@ -227,6 +233,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         // main runs these before the runtime starts (they need their exit
         // code and no threads).
         Command::Image { .. } => bail!("image commands run outside the runtime"),
+        Command::Lab { .. } => bail!("lab commands run outside the runtime"),
         Command::Reload => {
             let mut c = client::connect(&cli.target()?).await?;
             let r = c

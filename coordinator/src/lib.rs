@@ -10,6 +10,7 @@ pub mod dhcp_log;
 pub mod fleet;
 pub mod image_gc;
 pub mod images;
+pub mod lab;
 pub mod metrics;
 pub mod neighbour;
 pub mod pki;

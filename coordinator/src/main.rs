@@ -20,6 +20,17 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
+    // The lab starts and stops processes and runs `dfleet` itself for the
+    // rest; it builds its own runtime.
+    if let dfleet_coordinator::cli::Command::Lab { command } = &cli.command {
+        return match dfleet_coordinator::lab::run(command) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("dfleet: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     // The daemon logs what it does; interactive commands only what goes wrong.
     let default = match cli.command {
         dfleet_coordinator::cli::Command::Serve { .. } => "warn,dfleet_coordinator=info",
