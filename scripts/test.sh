@@ -37,6 +37,14 @@ command -v chattr >/dev/null || missing+=(e2fsprogs)
 [ -f /usr/lib/PXELINUX/pxelinux.0 ] || missing+=(pxelinux)
 [ -f /usr/lib/syslinux/modules/bios/ldlinux.c32 ] || missing+=(syslinux-common)
 [ -f /usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed ] || missing+=(grub-efi-amd64-signed)
+# The end-to-end boot (tests/tests/lab.rs): QEMU with its NIC boot ROMs, a
+# userspace NFSv3 server with its VFS backend and rpcbind.
+[ -x /usr/bin/qemu-system-x86_64 ] || missing+=(qemu-system-x86)
+[ -f /usr/lib/ipxe/qemu/efi-virtio.rom ] || missing+=(ipxe-qemu)
+[ -x /usr/bin/ganesha.nfsd ] || missing+=(nfs-ganesha)
+[ -f /usr/lib/x86_64-linux-gnu/ganesha/libfsalvfs.so ] || missing+=(nfs-ganesha-vfs)
+[ -x /usr/sbin/rpcbind ] || missing+=(rpcbind)
+command -v nsenter >/dev/null || missing+=(util-linux)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing packages ${missing[*]}: run as root or install them" >&2
@@ -59,11 +67,16 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 phase "cargo build (binaries for the cross-process tests)"
 cargo build --workspace --bins --locked
 
+# The end-to-end boot runs last and alone, in a phase of its own.
 phase "tests"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --locked --profile ci
+  cargo nextest run --workspace --locked --profile ci -E 'not binary(lab)'
+  phase "end-to-end boot (dfleet lab, QEMU)"
+  cargo nextest run --workspace --locked --profile ci -E 'binary(lab)'
 else
-  cargo test --workspace --locked
+  cargo test --workspace --locked -- --skip two_nodes_boot
+  phase "end-to-end boot (dfleet lab, QEMU)"
+  cargo test --locked -p dfleet-tests --test lab
 fi
 
 phase "end"

@@ -27,6 +27,10 @@
 #   network has been up for DFLEET_GRACE initqueue rounds and $NEWROOT is
 #   still empty; dfleet.mount=self skips the nfs module's mount and the wait,
 #   so this path can be tested where the nfs module would have mounted.
+# A failed mount by dfleet is tried again every initqueue round (the NFS
+# server may be restarting), with a console warning at the first and every
+# DFLEET_RETRY_EVERY-th failure; init's rd.retry bounds the wait.
+# /run/dfleet/mounted-by records which of the two paths ran.
 
 type getarg > /dev/null 2>&1 || . /lib/dracut-lib.sh
 
@@ -40,6 +44,12 @@ DFLEET_STATE=/tmp/dfleet
 DFLEET_GRACE=10
 # The last failure, for the caller's die message.
 DFLEET_ERR=
+# Who mounted the NFS root: "dfleet" (its initqueue job) or "nfs-module"
+# (the distribution's nfs module). Under /run, so the booted system reads it.
+DFLEET_MOUNTED_BY=/run/dfleet/mounted-by
+# A failed mount of the NFS root is tried again every initqueue round; the
+# console hears of every this many failures.
+DFLEET_RETRY_EVERY=20
 
 # dfleet_fstype MOUNTPOINT: the type of the topmost mount on MOUNTPOINT, or
 # nothing.
@@ -158,24 +168,32 @@ dfleet_nfs_var() {
 # dfleet_mount_lower NFSROOT: mounts the NFS root read-only at
 # /run/dfleet/lower, with the options root= gave minus ro/rw/lock (the lower
 # layer must never change, and NFSv3 in an initramfs has no lock manager).
+# Returns 1 when the mount failed (worth another try), 2 when root= names no
+# server and path (never worth one).
 dfleet_mount_lower() {
-    local nfs= server= path= options= _o _opts=ro _err
+    local nfs= server= path= options= _o _opts=ro _err _retry=retry=0
     dfleet_nfs_var "$1"
     if [ -z "$server" ] || [ -z "$path" ] || [ "$path" = error ]; then
         DFLEET_ERR="no NFS server and path in root=$(getarg root=)"
-        return 1
+        return 2
     fi
     local IFS=,
     for _o in $options; do
         case "$_o" in
             ro | rw | lock | nolock | '') ;;
+            retry=*) _retry=$_o ;;
             *) _opts="$_opts,$_o" ;;
         esac
     done
     unset IFS
     [ "$nfs" = nfs4 ] || _opts="$_opts,nolock"
+    # One try per call unless root= says otherwise: the initqueue job
+    # retries, saying so on the console, where mount.nfs alone would retry
+    # silently for two minutes.
+    _opts="$_opts,$_retry"
     mkdir -p "$DFLEET_LOWER"
-    info "dfleet: mounting the NFS root $server:$path on $DFLEET_LOWER ($_opts)"
+    [ -e "$DFLEET_STATE/attempts" ] \
+        || info "dfleet: mounting the NFS root $server:$path on $DFLEET_LOWER ($_opts)"
     if ! _err=$(mount -t "$nfs" -o "$_opts" "$server:$path" "$DFLEET_LOWER" 2>&1); then
         DFLEET_ERR="mounting the NFS root $server:$path on $DFLEET_LOWER failed: $_err"
         return 1
@@ -209,7 +227,7 @@ dfleet_overlay() {
 
 # dfleet_report: one line saying what the node booted.
 dfleet_report() {
-    local _gen=unknown _size
+    local _gen=unknown _size _by=unknown
     # The stamp is TOML (`image = "compute"`, `generation = 7`, comments).
     local _line _image= _number=
     if [ -r "$DFLEET_LOWER/etc/dfleet/generation" ]; then
@@ -226,7 +244,8 @@ dfleet_report() {
         [ -n "$_image" ] && [ -n "$_number" ] && _gen="$_image:$_number"
     fi
     read -r _size < "$DFLEET_STATE/size"
-    info "dfleet: root is an overlay of $DFLEET_LOWER (generation $_gen) with its upper layer in a tmpfs of size $_size"
+    read -r _by < "$DFLEET_MOUNTED_BY"
+    info "dfleet: root is an overlay of $DFLEET_LOWER (generation $_gen, NFS root mounted by $_by) with its upper layer in a tmpfs of size $_size"
 }
 
 # dfleet_root_job: the settled initqueue job. Mounts the NFS root and the
@@ -250,18 +269,43 @@ dfleet_root_job() {
         [ "$_round" -le "$DFLEET_GRACE" ] && return 0
         info "dfleet: the network is up and nothing mounted the NFS root on $NEWROOT; dfleet mounts it"
     fi
+    dfleet_mount_lower "$_nfsroot"
+    case $? in
+        0) ;;
+        1)
+            # The NFS server may be restarting: the job stays queued and
+            # tries again next round, until init's rd.retry gives up.
+            dfleet_retry_note
+            return 0
+            ;;
+        *)
+            rm -f -- "$job"
+            die "dfleet: $DFLEET_ERR"
+            return 1
+            ;;
+    esac
     rm -f -- "$job"
-    if ! dfleet_mount_lower "$_nfsroot"; then
-        die "dfleet: $DFLEET_ERR"
-        return 1
-    fi
     if ! dfleet_overlay; then
         umount "$DFLEET_LOWER"
         die "dfleet: $DFLEET_ERR"
         return 1
     fi
+    echo dfleet > "$DFLEET_MOUNTED_BY"
     dfleet_report
     need_shutdown
+}
+
+# dfleet_retry_note: counts failed mounts of the NFS root and says so on the
+# console at the first and then every DFLEET_RETRY_EVERY-th, so a node waiting
+# for its NFS server shows why without flooding the console.
+dfleet_retry_note() {
+    local _n=0
+    [ -r "$DFLEET_STATE/attempts" ] && read -r _n < "$DFLEET_STATE/attempts"
+    _n=$((_n + 1))
+    echo "$_n" > "$DFLEET_STATE/attempts"
+    if [ $(((_n - 1) % DFLEET_RETRY_EVERY)) -eq 0 ]; then
+        warn "dfleet: $DFLEET_ERR (attempt $_n; trying again until rd.retry gives up)"
+    fi
 }
 
 # dfleet_pre_pivot: the pre-pivot hook.
@@ -304,6 +348,7 @@ dfleet_pre_pivot() {
             fi
             ;;
     esac
+    echo nfs-module > "$DFLEET_MOUNTED_BY"
     if ! dfleet_overlay; then
         # Put the NFS root back so an emergency shell (rd.shell) sees it
         # where the nfs module left it.
