@@ -14,5 +14,6 @@ pub mod lab;
 pub mod metrics;
 pub mod neighbour;
 pub mod pki;
+pub mod rollout;
 pub mod server;
 pub mod store;

@@ -57,6 +57,47 @@ pub struct PendingRow {
     pub approved: bool,
 }
 
+/// A rollout's record: its policy (JSON, written once) and its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutRow {
+    pub id: u64,
+    pub target: GenerationRef,
+    pub policy: String,
+    /// `running`, `paused`, `aborting`, `completed` or `aborted`.
+    pub state: String,
+    /// Why it is paused (or what ended it).
+    pub reason: String,
+    pub actor: String,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+/// One node of a rollout: where it is, and what the rollout must remember
+/// about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutNodeRow {
+    pub rollout: u64,
+    /// Its place in the rollout's order.
+    pub seq: u32,
+    pub node: String,
+    /// The step's name (`pending`, `draining`, …).
+    pub step: String,
+    /// When it entered the step.
+    pub step_at_ms: i64,
+    /// Rebooted by its power command rather than its agent.
+    pub power: bool,
+    /// Why it failed or was skipped.
+    pub reason: String,
+    pub canary: bool,
+    pub wave: u32,
+    /// The generation it was assigned before the rollout.
+    pub previous: Option<GenerationRef>,
+    /// The boot it ran when its reboot was ordered.
+    pub boot_id: String,
+    /// The rollout ran the drain command on it, so undrains it.
+    pub drained: bool,
+}
+
 /// Everything read at start-up.
 #[derive(Debug, Default)]
 pub struct Loaded {
@@ -65,6 +106,13 @@ pub struct Loaded {
     pub last_event_id: u64,
     /// Node → the generation it boots next.
     pub assignments: std::collections::HashMap<String, GenerationRef>,
+    /// Every rollout, oldest first.
+    pub rollouts: Vec<RolloutRow>,
+    /// The nodes of the rollouts not yet completed or aborted, by rollout
+    /// and order.
+    pub rollout_nodes: Vec<RolloutNodeRow>,
+    /// Switches such as `reboots_frozen`.
+    pub settings: std::collections::HashMap<String, String>,
 }
 
 #[derive(Debug)]
@@ -76,6 +124,10 @@ pub enum Write {
     RemovePending(String),
     /// Sets (or with `None` clears) a node's next-boot generation.
     Assign(String, Option<GenerationRef>),
+    Rollout(RolloutRow),
+    RolloutNode(RolloutNodeRow),
+    /// Sets (or with `None` removes) a switch.
+    Setting(String, Option<String>),
 }
 
 enum Op {
@@ -86,6 +138,9 @@ enum Op {
         reply: oneshot::Sender<Result<Vec<Event>, StoreError>>,
     },
     Flush(oneshot::Sender<()>),
+    /// Like `Flush`, but answers whether every write since the last commit
+    /// was stored.
+    Commit(oneshot::Sender<Result<(), StoreError>>),
 }
 
 /// A handle to the store thread. Cloning is cheap.
@@ -136,6 +191,37 @@ CREATE TABLE IF NOT EXISTS assignments (
     image TEXT NOT NULL,
     generation INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS rollouts (
+    id INTEGER PRIMARY KEY,
+    image TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    policy TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rollout_nodes (
+    rollout INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    node TEXT NOT NULL,
+    step TEXT NOT NULL,
+    step_at_ms INTEGER NOT NULL,
+    power INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    canary INTEGER NOT NULL,
+    wave INTEGER NOT NULL,
+    previous_image TEXT,
+    previous_generation INTEGER,
+    boot_id TEXT NOT NULL,
+    drained INTEGER NOT NULL,
+    PRIMARY KEY (rollout, node)
+);
+CREATE TABLE IF NOT EXISTS settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 ";
 
 impl Store {
@@ -183,6 +269,17 @@ impl Store {
                 limit,
                 reply,
             })
+            .map_err(|_| StoreError::Gone)?;
+        rx.await.map_err(|_| StoreError::Gone)?
+    }
+
+    /// Waits until every write queued so far is committed, and says whether
+    /// all of them since the last `commit` were: what an actor that must
+    /// store a step before acting on it waits for.
+    pub async fn commit(&self) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Op::Commit(reply))
             .map_err(|_| StoreError::Gone)?;
         rx.await.map_err(|_| StoreError::Gone)?
     }
@@ -253,6 +350,65 @@ fn load(conn: &Connection) -> Result<Loaded, StoreError> {
         let (node, g) = row?;
         loaded.assignments.insert(node, g);
     }
+    let generation_ref = |image: Option<String>, number: Option<i64>| {
+        image.zip(number).map(|(image, n)| GenerationRef {
+            image,
+            generation: Generation(n as u64),
+        })
+    };
+    let mut stmt = conn.prepare(
+        "SELECT id, image, generation, policy, state, reason, actor, created_ms, updated_ms FROM rollouts ORDER BY id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(RolloutRow {
+            id: r.get::<_, i64>(0)? as u64,
+            target: GenerationRef {
+                image: r.get(1)?,
+                generation: Generation(r.get::<_, i64>(2)? as u64),
+            },
+            policy: r.get(3)?,
+            state: r.get(4)?,
+            reason: r.get(5)?,
+            actor: r.get(6)?,
+            created_ms: r.get(7)?,
+            updated_ms: r.get(8)?,
+        })
+    })?;
+    for row in rows {
+        loaded.rollouts.push(row?);
+    }
+    let mut stmt = conn.prepare(
+        "SELECT n.rollout, n.seq, n.node, n.step, n.step_at_ms, n.power, n.reason, n.canary, n.wave,
+                n.previous_image, n.previous_generation, n.boot_id, n.drained
+         FROM rollout_nodes n JOIN rollouts r ON r.id = n.rollout
+         WHERE r.state NOT IN ('completed', 'aborted')
+         ORDER BY n.rollout, n.seq",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(RolloutNodeRow {
+            rollout: r.get::<_, i64>(0)? as u64,
+            seq: r.get(1)?,
+            node: r.get(2)?,
+            step: r.get(3)?,
+            step_at_ms: r.get(4)?,
+            power: r.get::<_, i64>(5)? != 0,
+            reason: r.get(6)?,
+            canary: r.get::<_, i64>(7)? != 0,
+            wave: r.get(8)?,
+            previous: generation_ref(r.get(9)?, r.get(10)?),
+            boot_id: r.get(11)?,
+            drained: r.get::<_, i64>(12)? != 0,
+        })
+    })?;
+    for row in rows {
+        loaded.rollout_nodes.push(row?);
+    }
+    let mut stmt = conn.prepare("SELECT key, value FROM settings")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    for row in rows {
+        let (k, v) = row?;
+        loaded.settings.insert(k, v);
+    }
     loaded.last_event_id = conn
         .query_row("SELECT MAX(id) FROM events", [], |r| {
             r.get::<_, Option<i64>>(0)
@@ -266,6 +422,8 @@ fn load(conn: &Connection) -> Result<Loaded, StoreError> {
 const BATCH: usize = 4096;
 
 fn run(mut conn: Connection, rx: mpsc::Receiver<Op>) {
+    // The first failure since the last `Commit`, which reports it.
+    let mut failed: Option<rusqlite::Error> = None;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < BATCH {
@@ -282,20 +440,26 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<Op>) {
                 Op::Write(w) => writes.push(w),
                 other => {
                     if !writes.is_empty() {
-                        apply(&mut conn, std::mem::take(&mut writes));
+                        apply(&mut conn, std::mem::take(&mut writes), &mut failed);
                     }
-                    answer(&conn, other);
+                    answer(&conn, other, &mut failed);
                 }
             }
         }
         if !writes.is_empty() {
-            apply(&mut conn, writes);
+            apply(&mut conn, writes, &mut failed);
         }
     }
 }
 
-fn answer(conn: &Connection, op: Op) {
+fn answer(conn: &Connection, op: Op, failed: &mut Option<rusqlite::Error>) {
     match op {
+        Op::Commit(reply) => {
+            let _ = reply.send(match failed.take() {
+                Some(e) => Err(StoreError::Sql(e)),
+                None => Ok(()),
+            });
+        }
         Op::Events {
             after_id,
             limit,
@@ -310,7 +474,7 @@ fn answer(conn: &Connection, op: Op) {
     }
 }
 
-fn apply(conn: &mut Connection, writes: Vec<Write>) {
+fn apply(conn: &mut Connection, writes: Vec<Write>, failed: &mut Option<rusqlite::Error>) {
     let result = (|| -> Result<(), rusqlite::Error> {
         let tx = conn.transaction()?;
         for w in writes {
@@ -378,12 +542,63 @@ fn apply(conn: &mut Connection, writes: Vec<Write>) {
                     tx.prepare_cached("DELETE FROM pending WHERE mac = ?1")?
                         .execute(params![mac])?;
                 }
+                Write::Rollout(r) => {
+                    tx.prepare_cached(
+                        "INSERT INTO rollouts (id, image, generation, policy, state, reason, actor, created_ms, updated_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                         ON CONFLICT(id) DO UPDATE SET state=?5, reason=?6, updated_ms=?9",
+                    )?
+                    .execute(params![
+                        r.id as i64,
+                        r.target.image,
+                        r.target.generation.0 as i64,
+                        r.policy,
+                        r.state,
+                        r.reason,
+                        r.actor,
+                        r.created_ms,
+                        r.updated_ms
+                    ])?;
+                }
+                Write::RolloutNode(n) => {
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO rollout_nodes (rollout, seq, node, step, step_at_ms, power, reason,
+                           canary, wave, previous_image, previous_generation, boot_id, drained)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                    )?
+                    .execute(params![
+                        n.rollout as i64,
+                        n.seq,
+                        n.node,
+                        n.step,
+                        n.step_at_ms,
+                        n.power as i64,
+                        n.reason,
+                        n.canary as i64,
+                        n.wave,
+                        n.previous.as_ref().map(|g| g.image.clone()),
+                        n.previous.as_ref().map(|g| g.generation.0 as i64),
+                        n.boot_id,
+                        n.drained as i64
+                    ])?;
+                }
+                Write::Setting(key, Some(value)) => {
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO settings (key, value) VALUES (?1, ?2)",
+                    )?
+                    .execute(params![key, value])?;
+                }
+                Write::Setting(key, None) => {
+                    tx.prepare_cached("DELETE FROM settings WHERE key = ?1")?
+                        .execute(params![key])?;
+                }
             }
         }
         tx.commit()
     })();
     if let Err(e) = result {
         tracing::error!(error = %e, "store: a batch of writes failed and was rolled back");
+        failed.get_or_insert(e);
     }
 }
 
@@ -463,6 +678,102 @@ mod tests {
         assert_eq!(loaded.nodes[0].report, Some(Report::default()));
         let events = store.events(1, 10).await.unwrap();
         assert_eq!(events, vec![event(2, EventKind::Ready)]);
+    }
+
+    fn rollout_node(rollout: u64, seq: u32, node: &str, step: &str) -> RolloutNodeRow {
+        RolloutNodeRow {
+            rollout,
+            seq,
+            node: node.into(),
+            step: step.into(),
+            step_at_ms: 1234,
+            power: seq == 1,
+            reason: String::new(),
+            canary: seq == 0,
+            wave: 1,
+            previous: (seq == 0).then(|| GenerationRef {
+                image: "compute".into(),
+                generation: Generation(7),
+            }),
+            boot_id: "b".into(),
+            drained: true,
+        }
+    }
+
+    fn rollout(id: u64, state: &str) -> RolloutRow {
+        RolloutRow {
+            id,
+            target: GenerationRef {
+                image: "compute".into(),
+                generation: Generation(8),
+            },
+            policy: "{}".into(),
+            state: state.into(),
+            reason: String::new(),
+            actor: "uid:0".into(),
+            created_ms: 1,
+            updated_ms: 2,
+        }
+    }
+
+    #[tokio::test]
+    async fn rollouts_and_switches_survive_a_reopen_and_finished_ones_load_without_nodes() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, _) = Store::open(dir.path()).unwrap();
+            store.write(Write::Rollout(rollout(1, "completed")));
+            store.write(Write::RolloutNode(rollout_node(1, 0, "cn1", "done")));
+            store.write(Write::Rollout(rollout(2, "running")));
+            store.write(Write::RolloutNode(rollout_node(2, 1, "cn2", "pending")));
+            store.write(Write::RolloutNode(rollout_node(2, 0, "cn1", "pending")));
+            // A later step of the same node replaces the earlier one.
+            store.write(Write::RolloutNode(rollout_node(2, 0, "cn1", "rebooting")));
+            // A state change keeps the policy written first.
+            let mut paused = rollout(2, "paused");
+            paused.policy = "changed".into();
+            paused.reason = "canary cn1 failed".into();
+            store.write(Write::Rollout(paused));
+            store.write(Write::Setting(
+                "reboots_frozen".into(),
+                Some("uid:0".into()),
+            ));
+            store.write(Write::Setting("gone".into(), Some("x".into())));
+            store.write(Write::Setting("gone".into(), None));
+            store.commit().await.unwrap();
+        }
+        let (_, loaded) = Store::open(dir.path()).unwrap();
+        assert_eq!(loaded.rollouts.len(), 2);
+        assert_eq!(loaded.rollouts[1].state, "paused");
+        assert_eq!(loaded.rollouts[1].reason, "canary cn1 failed");
+        assert_eq!(loaded.rollouts[1].policy, "{}");
+        assert_eq!(
+            loaded.rollout_nodes,
+            vec![
+                rollout_node(2, 0, "cn1", "rebooting"),
+                rollout_node(2, 1, "cn2", "pending")
+            ]
+        );
+        assert_eq!(
+            loaded.settings,
+            [("reboots_frozen".to_string(), "uid:0".to_string())].into()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_commit_reports_a_write_that_failed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        store.commit().await.unwrap();
+        // Another process broke the schema under the store.
+        Connection::open(dir.path().join("dfleet.db"))
+            .unwrap()
+            .execute_batch("DROP TABLE settings")
+            .unwrap();
+        store.write(Write::Setting("reboots_frozen".into(), Some("x".into())));
+        let e = store.commit().await.unwrap_err().to_string();
+        assert!(e.contains("settings"), "{e}");
+        store.write(Write::Event(event(1, EventKind::Connected)));
+        store.commit().await.unwrap();
     }
 
     #[tokio::test]

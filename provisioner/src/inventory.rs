@@ -9,6 +9,7 @@ mod doc;
 mod network;
 mod nodes;
 mod sections;
+mod windows;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -21,6 +22,7 @@ use dfleet_proto::domain::{MacAddr, NodeName};
 
 use self::doc::{Ctx, LineIndex};
 use crate::boot::{BootNetwork, BootPaths, Loader};
+use crate::window::Window;
 
 /// The most nodes one `[[nodes]]` entry may expand to; more is a typo, not a cluster.
 pub const MAX_NODES_PER_ENTRY: usize = 100_000;
@@ -57,6 +59,8 @@ pub struct Inventory {
     pub paths: BootPaths,
     /// The `[groups.NAME]` tables: boot settings shared by the nodes of a group.
     pub groups: BTreeMap<String, NodeBoot>,
+    /// The `[windows]` table: maintenance windows by name.
+    pub windows: BTreeMap<String, Window>,
     /// Every node in file order, each range expanded in its own order.
     pub nodes: Vec<NodeEntry>,
     by_name: HashMap<String, usize>,
@@ -296,6 +300,7 @@ impl Inventory {
                 "nfs",
                 "paths",
                 "groups",
+                "windows",
                 "nodes",
             ],
         );
@@ -307,6 +312,7 @@ impl Inventory {
         let nfs = network::nfs(&mut ctx, &root);
         let paths = network::paths(&mut ctx, &root, nfs.as_ref());
         let groups = network::groups(&mut ctx, &root);
+        let windows = windows::windows(&mut ctx, &root);
         let nodes = nodes::nodes(&mut ctx, &root, subnet, read_file);
         match cluster {
             Some(cluster) if !ctx.has_problems() => Ok(Inventory {
@@ -319,6 +325,7 @@ impl Inventory {
                 nfs,
                 paths,
                 groups,
+                windows,
                 nodes,
                 by_name: HashMap::new(),
                 by_mac: HashMap::new(),

@@ -9,6 +9,7 @@ pub mod duration;
 pub mod image;
 pub mod inventory;
 pub mod nodeset;
+pub mod window;
 
 pub use inventory::{
     BootSettings, CheckCommand, ClusterConfig, EnrollmentConfig, EnrollmentPolicy, HealthConfig,

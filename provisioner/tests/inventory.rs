@@ -12,6 +12,7 @@ use dfleet_provisioner::inventory::{
     BootSettings, CheckCommand, ClusterConfig, EnrollmentConfig, EnrollmentPolicy, HealthConfig,
     Inventory, NfsSettings, NodeBoot, ResolvedBoot,
 };
+use dfleet_provisioner::window::Window;
 
 /// A valid `[cluster]` table of four lines: text appended to it starts at line 5.
 const BASE: &str = "[cluster]
@@ -185,6 +186,18 @@ fn the_fixture_uses_every_feature_and_loads() {
             images_root: "/mnt/filer/dfleet".into(),
         }
     );
+    let windows: Vec<String> = inv
+        .windows
+        .iter()
+        .map(|(k, w)| format!("{k} = {w}"))
+        .collect();
+    assert_eq!(
+        windows,
+        [
+            "night = Mon-Fri 22:00-06:00 Europe/Berlin",
+            "weekend = Sat,Sun 00:00-24:00 UTC"
+        ]
+    );
     assert_eq!(
         inv.groups.keys().collect::<Vec<_>>(),
         ["compute", "gpu"],
@@ -266,6 +279,7 @@ fn absent_optional_tables_and_keys_take_their_defaults() {
         }
     );
     assert!(inv.groups.is_empty());
+    assert!(inv.windows.is_empty());
     assert!(inv.nodes.is_empty());
 }
 
@@ -304,7 +318,7 @@ group = ["login"]
             "cluster.toml:19: nodes[0].group: unknown key `group`; expected one of: name, mac, \
              macs, mac_file, ip, image, groups, loader, kernel_args, console, overlay_size",
             "cluster.toml:20: foo: unknown key `foo`; expected one of: cluster, enrollment, \
-             health, checks, boot, nfs, paths, groups, nodes",
+             health, checks, boot, nfs, paths, groups, windows, nodes",
         ]
     );
 }
@@ -1360,4 +1374,73 @@ fn a_managed_nfs_server_exports_the_image_store_where_it_is() {
     ))
     .unwrap();
     assert_eq!(inv.paths.images_root, Path::new("/data/images"));
+}
+
+#[test]
+fn named_windows_are_read_in_their_zone_or_the_local_one() {
+    let text = format!(
+        "{BASE}[windows]\nnight = \"Mon-Fri 22:00-06:00 Europe/Berlin\"\nweekend = \"sat,sun \
+         00:00-24:00\"\nany-time = \"always\"\n"
+    );
+    let inv = parse(&text).unwrap_or_else(|p| panic!("{p:#?}"));
+    let windows: Vec<(&str, String)> = inv
+        .windows
+        .iter()
+        .map(|(name, w)| (name.as_str(), w.to_string()))
+        .collect();
+    assert_eq!(
+        windows,
+        [
+            ("any-time", "always".to_string()),
+            ("night", "Mon-Fri 22:00-06:00 Europe/Berlin".to_string()),
+            ("weekend", "Sat,Sun 00:00-24:00".to_string()),
+        ]
+    );
+    assert_eq!(
+        inv.windows["weekend"],
+        Window::parse("Sat,Sun 00:00-24:00").unwrap()
+    );
+}
+
+#[test]
+fn bad_windows_are_reported_with_their_line_and_name() {
+    let text = format!(
+        r#"{BASE}[windows]
+night = "Sta,Sun 02:00-06:00"
+berlin = "daily 01:00-03:00 Europe/Berln"
+short = "Mon 02:00-02:00"
+late = "Mon 22:75-23:00"
+number = 5
+"bad name" = "always"
+always = "Sat 00:00-24:00"
+ok = "daily 01:00-02:00 UTC"
+"#
+    );
+    assert_eq!(
+        problems(&text),
+        [
+            "cluster.toml:6: windows.night: unknown day \"Sta\" in \"Sta,Sun 02:00-06:00\": \
+             expected Mon, Tue, Wed, Thu, Fri, Sat or Sun, a range such as Mon-Fri or Fri-Mon, \
+             or daily",
+            "cluster.toml:7: windows.berlin: unknown time zone \"Europe/Berln\"",
+            "cluster.toml:8: windows.short: \"Mon 02:00-02:00\" starts and ends at 02:00: a \
+             whole day is 00:00-24:00",
+            "cluster.toml:9: windows.late: 22:75 is not a time: expected HH:MM from 00:00 to \
+             24:00",
+            "cluster.toml:10: windows.number: expected a string, found integer",
+            "cluster.toml:11: windows.bad name: invalid window name \"bad name\": expected \
+             letters, digits, '.', '_' and '-', not starting with '.'",
+            "cluster.toml:12: windows.always: a window cannot be named \"always\": that word \
+             means no window (always open)",
+        ]
+    );
+}
+
+#[test]
+fn a_windows_table_of_the_wrong_type_is_reported() {
+    let text = format!("windows = \"Sat 00:00-24:00\"\n{BASE}");
+    assert_eq!(
+        problems(&text),
+        ["cluster.toml:1: windows: expected a table [windows], found string"]
+    );
 }

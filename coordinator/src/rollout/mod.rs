@@ -1,0 +1,5 @@
+//! Rolling reboots onto a new image generation (issue 6). `plan` is the
+//! pure planning step; the executor, the store and the commands build on it.
+
+pub mod plan;
+pub mod record;
