@@ -112,6 +112,16 @@ pub enum Command {
         #[command(subcommand)]
         command: PxeCommand,
     },
+    /// Rolling reboots onto a new image generation.
+    Rollout {
+        #[command(subcommand)]
+        command: crate::rollout::cli::RolloutCommand,
+    },
+    /// The switch that stops every new reboot at once.
+    Reboots {
+        #[command(subcommand)]
+        command: crate::rollout::cli::RebootsCommand,
+    },
     /// Administrator credentials.
     Admin {
         #[command(subcommand)]
@@ -230,6 +240,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Events { follow, json, last } => events(&cli, *follow, *json, *last).await,
         Command::Top { interval, once } => top(&cli, *interval, *once).await,
         Command::Pxe { command } => pxe(&cli, command).await,
+        Command::Rollout { command } => crate::rollout::cli::rollout(&cli, command).await,
+        Command::Reboots { command } => crate::rollout::cli::reboots(&cli, command).await,
         // main runs these before the runtime starts (they need their exit
         // code and no threads).
         Command::Image { .. } => bail!("image commands run outside the runtime"),

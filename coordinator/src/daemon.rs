@@ -139,7 +139,10 @@ pub async fn run(
     std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("setting the mode of {}", state_dir.display()))?;
     let ca = Arc::new(Ca::load_or_create(&state_dir, &inv.cluster.name)?);
-    let (store, loaded) = Store::open(&state_dir)?;
+    let (store, mut loaded) = Store::open(&state_dir)?;
+    let rollouts = std::mem::take(&mut loaded.rollouts);
+    let rollout_nodes = std::mem::take(&mut loaded.rollout_nodes);
+    let settings = std::mem::take(&mut loaded.settings);
 
     let mut ips: Vec<std::net::IpAddr> = listeners
         .grpc
@@ -172,12 +175,24 @@ pub async fn run(
         FleetOptions::default(),
     )
     .spawn(shutdown.clone());
+    let boot = crate::boot::BootWriter::new(&state_dir);
+    let engine = crate::rollout::engine::Engine::new(
+        fleet.clone(),
+        store.clone(),
+        boot.clone(),
+        ips.clone(),
+        rollouts,
+        rollout_nodes,
+        &settings,
+    )
+    .spawn();
     let services = Services {
         fleet: fleet.clone(),
         store,
         inventory_path: inventory_path.clone(),
         ca_der: ca.cert_der().to_vec(),
-        boot: crate::boot::BootWriter::new(&state_dir),
+        boot,
+        rollouts: engine,
     };
 
     let bound = Bound {

@@ -257,6 +257,23 @@ pub enum Command {
         detail: String,
         actor: String,
     },
+    /// Orders a node's agent to reboot towards `target`, for its boot
+    /// `boot_id` (an agent that runs another boot refuses). Err when the
+    /// node has no stream to send it on.
+    Reboot {
+        node: String,
+        target: GenerationRef,
+        boot_id: String,
+        actor: String,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// Records an event for another task (the rollout engine).
+    Record {
+        kind: EventKind,
+        node: String,
+        detail: String,
+        actor: String,
+    },
 }
 
 /// What one node has to do with image generations.
@@ -432,6 +449,8 @@ pub struct Fleet {
     counters: Counters,
     options: FleetOptions,
     assignments: HashMap<String, GenerationRef>,
+    /// The id of the last order sent on any stream.
+    next_order: u64,
 }
 
 impl Fleet {
@@ -503,6 +522,7 @@ impl Fleet {
             counters: Counters::default(),
             options,
             assignments,
+            next_order: 0,
         }
     }
 
@@ -730,6 +750,21 @@ impl Fleet {
             Command::GenerationsDeleted { detail, actor } => {
                 self.emit(EventKind::GenerationsDeleted, "", detail, &actor);
             }
+            Command::Reboot {
+                node,
+                target,
+                boot_id,
+                actor,
+                reply,
+            } => {
+                let _ = reply.send(self.order_reboot(&node, target, boot_id, &actor));
+            }
+            Command::Record {
+                kind,
+                node,
+                detail,
+                actor,
+            } => self.emit(kind, &node, detail, &actor),
             Command::Metrics { reply } => {
                 let _ = reply.send(MetricsSnapshot {
                     nodes: self.inv.nodes.iter().filter_map(|e| self.view(e)).collect(),
@@ -1309,6 +1344,48 @@ impl Fleet {
             );
         }
         Ok(format!("{} nodes assigned to {target}", names.len()))
+    }
+
+    fn order_reboot(
+        &mut self,
+        node: &str,
+        target: GenerationRef,
+        boot_id: String,
+        actor: &str,
+    ) -> Result<(), String> {
+        let conn = self
+            .conns
+            .get(node)
+            .ok_or_else(|| format!("{node} has no stream to the coordinator"))?;
+        self.next_order += 1;
+        let order = pb::CoordinatorMessage {
+            kind: Some(pb::coordinator_message::Kind::Order(pb::Order {
+                id: self.next_order,
+                kind: Some(pb::order::Kind::Reboot(pb::Reboot {
+                    node: node.to_string(),
+                    target: Some(target.clone().into()),
+                    boot_id: boot_id.clone(),
+                })),
+            })),
+        };
+        conn.tx
+            .try_send(Ok(order))
+            .map_err(|e| format!("sending {node} its reboot order: {e}"))?;
+        // The node comes back with a new boot and a new key: the reboot the
+        // coordinator ordered allows it one new enrollment, as a rearm would.
+        if let Some(rec) = self.nodes.get_mut(node) {
+            rec.row.rearmed = true;
+            self.persist(node);
+        }
+        self.emit(
+            EventKind::RebootOrdered,
+            node,
+            format!(
+                "reboot of boot {boot_id} towards {target}, through its agent; one new enrollment allowed"
+            ),
+            actor,
+        );
+        Ok(())
     }
 
     fn rearm(&mut self, node: &str, actor: &str) -> Result<String, String> {

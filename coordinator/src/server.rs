@@ -46,6 +46,8 @@ pub struct Services {
     pub ca_der: Vec<u8>,
     /// The single writer of boot files.
     pub boot: std::sync::Arc<crate::boot::BootWriter>,
+    /// The rollout engine.
+    pub rollouts: crate::rollout::engine::EngineHandle,
 }
 
 #[tonic::async_trait]
@@ -592,6 +594,128 @@ impl Admin for Services {
         Ok(Response::new(pb::ActionResponse { detail }))
     }
 
+    async fn rollout_start(
+        &self,
+        req: Request<pb::RolloutStartRequest>,
+    ) -> Result<Response<pb::ActionResponse>, Status> {
+        let actor = admin_caller(self, &req).await?;
+        let r = req.into_inner();
+        let target: dfleet_proto::domain::GenerationRef = r
+            .target
+            .ok_or_else(|| Status::invalid_argument("no target generation"))?
+            .try_into()
+            .map_err(|e: dfleet_proto::convert::ConvertError| {
+                Status::invalid_argument(e.to_string())
+            })?;
+        let or = |v: String, default: &str| if v.is_empty() { default.to_string() } else { v };
+        let batch = or(r.batch, "1");
+        let spec = crate::rollout::record::PolicySpec {
+            target: target.to_string(),
+            nodes: r.nodeset,
+            canary: r.canary as usize,
+            max_unavailable: or(r.max_unavailable, &batch),
+            batch,
+            window: r.window,
+            drain_cmd: r.drain_cmd,
+            drained_check: r.drained_check,
+            drain_timeout_s: u64::from(r.drain_timeout_seconds.max(1)),
+            undrain_cmd: r.undrain_cmd,
+            ready_timeout_s: u64::from(r.ready_timeout_seconds.max(1)),
+            max_failures: r.max_failures as usize,
+            order: or(r.order, "fullest-overlay-first"),
+        };
+        let detail = self
+            .rollouts
+            .ask(|reply| crate::rollout::engine::Request::Start {
+                spec: Box::new(spec),
+                actor,
+                reply,
+            })
+            .await?
+            .map_err(Status::failed_precondition)?;
+        Ok(Response::new(pb::ActionResponse { detail }))
+    }
+
+    async fn rollout_status(
+        &self,
+        req: Request<pb::RolloutStatusRequest>,
+    ) -> Result<Response<pb::RolloutStatusReply>, Status> {
+        admin_caller(self, &req).await?;
+        let v = self
+            .rollouts
+            .ask(|reply| crate::rollout::engine::Request::Status { reply })
+            .await?;
+        Ok(Response::new(pb::RolloutStatusReply {
+            rollout: v.rollout.map(|(row, nodes)| {
+                let mut info = rollout_info(row);
+                info.window_open = v.window_open;
+                info.window_opens_unix_ms = v.window_opens.map_or(0, |t| t.as_millisecond());
+                info.nodes = nodes
+                    .into_iter()
+                    .map(|n| pb::RolloutNode {
+                        name: n.node,
+                        step: n.step,
+                        since_unix_ms: n.step_at_ms,
+                        reason: n.reason,
+                        canary: n.canary,
+                        wave: n.wave,
+                    })
+                    .collect();
+                info
+            }),
+            frozen_by: v.frozen_by,
+        }))
+    }
+
+    async fn rollout_control(
+        &self,
+        req: Request<pb::RolloutControlRequest>,
+    ) -> Result<Response<pb::ActionResponse>, Status> {
+        let actor = admin_caller(self, &req).await?;
+        let action = req.into_inner().action;
+        let detail = self
+            .rollouts
+            .ask(|reply| crate::rollout::engine::Request::Control {
+                action,
+                actor,
+                reply,
+            })
+            .await?
+            .map_err(Status::failed_precondition)?;
+        Ok(Response::new(pb::ActionResponse { detail }))
+    }
+
+    async fn rollout_history(
+        &self,
+        req: Request<pb::RolloutHistoryRequest>,
+    ) -> Result<Response<pb::RolloutHistoryReply>, Status> {
+        admin_caller(self, &req).await?;
+        let rows = self
+            .rollouts
+            .ask(|reply| crate::rollout::engine::Request::History { reply })
+            .await?;
+        Ok(Response::new(pb::RolloutHistoryReply {
+            rollouts: rows.into_iter().map(rollout_info).collect(),
+        }))
+    }
+
+    async fn reboots_freeze(
+        &self,
+        req: Request<pb::RebootsFreezeRequest>,
+    ) -> Result<Response<pb::ActionResponse>, Status> {
+        let actor = admin_caller(self, &req).await?;
+        let frozen = req.into_inner().frozen;
+        let detail = self
+            .rollouts
+            .ask(|reply| crate::rollout::engine::Request::Freeze {
+                frozen,
+                actor,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(pb::ActionResponse { detail }))
+    }
+
     async fn image_usage(
         &self,
         req: Request<pb::ImageUsageRequest>,
@@ -727,5 +851,21 @@ fn changes_pb(
         unchanged: c.unchanged as u32,
         validation,
         nfs_instructions: String::new(),
+    }
+}
+
+fn rollout_info(row: crate::store::RolloutRow) -> pb::RolloutInfo {
+    pb::RolloutInfo {
+        id: row.id,
+        target: Some(row.target.into()),
+        state: row.state,
+        reason: row.reason,
+        actor: row.actor,
+        created_unix_ms: row.created_ms,
+        updated_unix_ms: row.updated_ms,
+        policy_json: row.policy,
+        nodes: Vec::new(),
+        window_open: false,
+        window_opens_unix_ms: 0,
     }
 }

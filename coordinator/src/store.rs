@@ -96,6 +96,8 @@ pub struct RolloutNodeRow {
     pub boot_id: String,
     /// The rollout ran the drain command on it, so undrains it.
     pub drained: bool,
+    /// Failed before the last resume.
+    pub forgiven: bool,
 }
 
 /// Everything read at start-up.
@@ -216,6 +218,7 @@ CREATE TABLE IF NOT EXISTS rollout_nodes (
     previous_generation INTEGER,
     boot_id TEXT NOT NULL,
     drained INTEGER NOT NULL,
+    forgiven INTEGER NOT NULL,
     PRIMARY KEY (rollout, node)
 );
 CREATE TABLE IF NOT EXISTS settings (
@@ -379,7 +382,7 @@ fn load(conn: &Connection) -> Result<Loaded, StoreError> {
     }
     let mut stmt = conn.prepare(
         "SELECT n.rollout, n.seq, n.node, n.step, n.step_at_ms, n.power, n.reason, n.canary, n.wave,
-                n.previous_image, n.previous_generation, n.boot_id, n.drained
+                n.previous_image, n.previous_generation, n.boot_id, n.drained, n.forgiven
          FROM rollout_nodes n JOIN rollouts r ON r.id = n.rollout
          WHERE r.state NOT IN ('completed', 'aborted')
          ORDER BY n.rollout, n.seq",
@@ -398,6 +401,7 @@ fn load(conn: &Connection) -> Result<Loaded, StoreError> {
             previous: generation_ref(r.get(9)?, r.get(10)?),
             boot_id: r.get(11)?,
             drained: r.get::<_, i64>(12)? != 0,
+            forgiven: r.get::<_, i64>(13)? != 0,
         })
     })?;
     for row in rows {
@@ -563,8 +567,8 @@ fn apply(conn: &mut Connection, writes: Vec<Write>, failed: &mut Option<rusqlite
                 Write::RolloutNode(n) => {
                     tx.prepare_cached(
                         "INSERT OR REPLACE INTO rollout_nodes (rollout, seq, node, step, step_at_ms, power, reason,
-                           canary, wave, previous_image, previous_generation, boot_id, drained)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                           canary, wave, previous_image, previous_generation, boot_id, drained, forgiven)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
                     )?
                     .execute(params![
                         n.rollout as i64,
@@ -579,7 +583,8 @@ fn apply(conn: &mut Connection, writes: Vec<Write>, failed: &mut Option<rusqlite
                         n.previous.as_ref().map(|g| g.image.clone()),
                         n.previous.as_ref().map(|g| g.generation.0 as i64),
                         n.boot_id,
-                        n.drained as i64
+                        n.drained as i64,
+                        n.forgiven as i64
                     ])?;
                 }
                 Write::Setting(key, Some(value)) => {
@@ -697,6 +702,7 @@ mod tests {
             }),
             boot_id: "b".into(),
             drained: true,
+            forgiven: seq == 1,
         }
     }
 

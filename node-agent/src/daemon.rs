@@ -316,7 +316,9 @@ impl Agent {
                             tracing::debug!(not_after = creds.not_after_unix, "certificate renewed");
                         }
                         Some(pb::coordinator_message::Kind::Order(order)) => {
-                            let result = self.obey(&creds.node, order, &mut next_report).await;
+                            let result = self
+                                .obey(&creds.node, boot_id, order, &mut next_report)
+                                .await;
                             if let Some(result) = result {
                                 let _ = tx.send(send(pb::agent_message::Kind::OrderResult(result))).await;
                             }
@@ -332,6 +334,7 @@ impl Agent {
     async fn obey(
         &mut self,
         node: &str,
+        boot_id: &str,
         order: pb::Order,
         next_report: &mut Instant,
     ) -> Option<pb::OrderResult> {
@@ -366,6 +369,17 @@ impl Agent {
                         "refused: the order names no target generation".into(),
                     ));
                 };
+                // An order for an earlier boot (sent again after this node
+                // rebooted) must not reboot it twice.
+                if !r.boot_id.is_empty() && r.boot_id != boot_id {
+                    return Some(result(
+                        false,
+                        format!(
+                            "refused: the order is for boot {}, this is boot {boot_id}",
+                            r.boot_id
+                        ),
+                    ));
+                }
                 tracing::warn!(%target, "rebooting on the coordinator's order");
                 let argv = self.cfg.reboot_command.clone();
                 let outcome = self.host.run_command(&argv, Duration::from_secs(30)).await;

@@ -326,6 +326,11 @@ impl From<EventKind> for pb::EventKind {
             EventKind::Discovered => pb::EventKind::Discovered,
             EventKind::GenerationsDeleted => pb::EventKind::GenerationsDeleted,
             EventKind::GenerationRetired => pb::EventKind::GenerationRetired,
+            EventKind::Rollout => pb::EventKind::Rollout,
+            EventKind::RolloutStep => pb::EventKind::RolloutStep,
+            EventKind::RebootsFrozen => pb::EventKind::RebootsFrozen,
+            EventKind::RebootsThawed => pb::EventKind::RebootsThawed,
+            EventKind::RebootOrdered => pb::EventKind::RebootOrdered,
         }
     }
 }
@@ -358,6 +363,11 @@ impl TryFrom<pb::EventKind> for EventKind {
             pb::EventKind::Discovered => EventKind::Discovered,
             pb::EventKind::GenerationsDeleted => EventKind::GenerationsDeleted,
             pb::EventKind::GenerationRetired => EventKind::GenerationRetired,
+            pb::EventKind::Rollout => EventKind::Rollout,
+            pb::EventKind::RolloutStep => EventKind::RolloutStep,
+            pb::EventKind::RebootsFrozen => EventKind::RebootsFrozen,
+            pb::EventKind::RebootsThawed => EventKind::RebootsThawed,
+            pb::EventKind::RebootOrdered => EventKind::RebootOrdered,
         })
     }
 }

@@ -428,10 +428,19 @@ pub enum EventKind {
     GenerationsDeleted,
     /// `dfleet image retire` withdrew a generation.
     GenerationRetired,
+    /// A rollout started, paused, resumed, was aborted or ended.
+    Rollout,
+    /// A node moved to another step of a rollout.
+    RolloutStep,
+    /// `dfleet reboots freeze`: no new reboot starts.
+    RebootsFrozen,
+    RebootsThawed,
+    /// A node was ordered to reboot (through its agent or its power command).
+    RebootOrdered,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 23] = [
+    pub const ALL: [EventKind; 28] = [
         EventKind::CoordinatorStarted,
         EventKind::Enrolled,
         EventKind::EnrollPending,
@@ -455,6 +464,11 @@ impl EventKind {
         EventKind::Discovered,
         EventKind::GenerationsDeleted,
         EventKind::GenerationRetired,
+        EventKind::Rollout,
+        EventKind::RolloutStep,
+        EventKind::RebootsFrozen,
+        EventKind::RebootsThawed,
+        EventKind::RebootOrdered,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -482,6 +496,11 @@ impl EventKind {
             EventKind::Discovered => "discovered",
             EventKind::GenerationsDeleted => "generations-deleted",
             EventKind::GenerationRetired => "generation-retired",
+            EventKind::Rollout => "rollout",
+            EventKind::RolloutStep => "rollout-step",
+            EventKind::RebootsFrozen => "reboots-frozen",
+            EventKind::RebootsThawed => "reboots-thawed",
+            EventKind::RebootOrdered => "reboot-ordered",
         }
     }
 }

@@ -131,6 +131,42 @@ overlay_used_warn_percent = {warn}
     t
 }
 
+/// The test inventory with a boot network on the nodes' loopback subnet, so
+/// agents can run on it; its files land in `dir`. (Nothing is sent to these
+/// addresses by the boot network: they are data in the rendered files.)
+pub fn loopback_boot_toml(dir: &Path, k: u8, nodes: &[TestNode]) -> String {
+    let mut t = cluster_toml(dir, nodes, &Settings::default());
+    t.push_str(&format!(
+        r#"
+[boot]
+interface = "lo"
+subnet = "127.{k}.0.0/24"
+router = "127.{k}.0.254"
+dns = ["127.{k}.0.254"]
+domain = "test.example"
+next_server = "127.{k}.0.254"
+dhcp = "dnsmasq"
+dhcp_reload = ["true"]
+
+[nfs]
+server = "127.{k}.0.254"
+export_root = "{images}"
+reload = ["true"]
+
+[paths]
+tftp_root = "{tftp}"
+dhcp_root = "{dhcp}"
+exports_root = "{exports}"
+images_root = "{images}"
+"#,
+        tftp = dir.join("tftp").display(),
+        dhcp = dir.join("dhcp").display(),
+        exports = dir.join("exports").display(),
+        images = dir.join("images").display(),
+    ));
+    t
+}
+
 /// A running `dfleet serve`.
 pub struct Coordinator {
     pub dir: PathBuf,
@@ -248,6 +284,124 @@ impl Coordinator {
     }
 }
 
+/// Where agents reach a coordinator: its gRPC address and CA certificate.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub grpc: String,
+    pub ca: PathBuf,
+}
+
+/// One boot of a simulated node: which generation it booted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Boot {
+    pub node: String,
+    pub generation: String,
+}
+
+/// A simulated diskless node for rollouts. Its agent's reboot command ends
+/// the agent (the script signals its parent), as a reboot ends a real one;
+/// the node then boots the generation its rendered
+/// `pxelinux.cfg/01-<mac>` names, as PXE would: a fresh sandbox boot (new
+/// boot id, empty upper layer, per-boot host keys) and a new agent, which
+/// enrolls again. Every boot is appended to `boots`.
+pub struct SimNode {
+    pub node: TestNode,
+    pub root: PathBuf,
+    /// Set to stop the node from coming back after its next reboot (a node
+    /// that never boots again).
+    pub stay_down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl SimNode {
+    /// Builds the sandbox booted on `generation` and starts its agent; the
+    /// node then reboots whenever its agent is told to.
+    pub async fn boot(
+        target: &Target,
+        node: &TestNode,
+        root: &Path,
+        tftp: &Path,
+        generation: &str,
+        boots: std::sync::Arc<std::sync::Mutex<Vec<Boot>>>,
+    ) -> Result<SimNode> {
+        let stay_down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut agent = sim_boot(target, node, root, generation, &boots).await?;
+        let (t, n, r, m) = (
+            target.clone(),
+            node.clone(),
+            root.to_path_buf(),
+            tftp.join("pxelinux.cfg")
+                .join(format!("01-{}", node.mac.replace(':', "-"))),
+        );
+        let down = stay_down.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                agent.exited().await?;
+                if down.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Ok(());
+                }
+                let menu = std::fs::read_to_string(&m).with_context(|| {
+                    format!("{} rebooted without a menu {}", n.name, m.display())
+                })?;
+                let generation = menu
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("dfleet.generation="))
+                    .with_context(|| format!("no dfleet.generation= in {}", m.display()))?
+                    .to_string();
+                agent = sim_boot(&t, &n, &r, &generation, &boots).await?;
+            }
+        });
+        Ok(SimNode {
+            node: node.clone(),
+            root: root.to_path_buf(),
+            stay_down,
+            task,
+        })
+    }
+
+    /// Stops the node's reboot loop (its agent is killed with the task).
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+async fn sim_boot(
+    target: &Target,
+    node: &TestNode,
+    root: &Path,
+    generation: &str,
+    boots: &std::sync::Mutex<Vec<Boot>>,
+) -> Result<Agent> {
+    use dfleet_agent::sandbox::{self, SandboxSpec};
+    let mut spec = SandboxSpec::new(&node.name, node.mac.parse()?, node.ip);
+    spec.image = generation.parse()?;
+    spec.upper_files = vec![("/var/log/syslog".into(), 1 << 20)];
+    // A reboot forgets the last boot's upper layer and credentials.
+    let _ = std::fs::remove_dir_all(root.join("run/dfleet-agent"));
+    sandbox::build(root, &spec).with_context(|| format!("booting {}", node.name))?;
+    let script = root.join("usr/local/sbin/dfleet-test-reboot");
+    std::fs::create_dir_all(script.parent().context("a parent")?)?;
+    std::fs::write(
+        &script,
+        "#!/bin/sh\n# A simulated reboot: the agent (this script's parent) ends.\nkill -TERM \"$PPID\"\n",
+    )?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+    boots.lock().expect("boots").push(Boot {
+        node: node.name.clone(),
+        generation: generation.to_string(),
+    });
+    Agent::spawn_at(
+        target,
+        node,
+        root,
+        None,
+        false,
+        "reboot_command = [\"dfleet-test-reboot\"]\n",
+    )
+    .await
+}
+
 /// A running `dfleet-agent`.
 pub struct Agent {
     pub name: String,
@@ -284,12 +438,36 @@ impl Agent {
         uid: Option<u32>,
         logged: bool,
     ) -> Result<Agent> {
+        Self::spawn_at(
+            &Target {
+                grpc: c.grpc.clone(),
+                ca: c.ca(),
+            },
+            node,
+            root,
+            uid,
+            logged,
+            "",
+        )
+        .await
+    }
+
+    async fn spawn_at(
+        c: &Target,
+        node: &TestNode,
+        root: &Path,
+        uid: Option<u32>,
+        logged: bool,
+        extra_config: &str,
+    ) -> Result<Agent> {
         let state = root.join("run/dfleet-agent");
         let config = root.join("etc/dfleet/agent.toml");
         std::fs::create_dir_all(config.parent().context("a parent")?)?;
         std::fs::write(
             &config,
-            "# A sandboxed node: the agent's settings come from its command line.\n",
+            format!(
+                "# A sandboxed node: the agent's settings come from its command line.\n{extra_config}"
+            ),
         )?;
         // Another user may not reach the build directory (a clone in a
         // private folder): it runs a copy placed in the sandbox.
@@ -322,13 +500,13 @@ impl Agent {
             })
             .kill_on_drop(true);
         if uid.is_none() {
-            cmd.arg("--ca").arg(c.ca());
+            cmd.arg("--ca").arg(&c.ca);
         }
         if let Some(uid) = uid {
             // The coordinator's state directory is private: give the user a
             // copy of the (public) CA certificate, as the image would.
             let ca = root.join("etc/dfleet/ca.pem");
-            std::fs::copy(c.ca(), &ca)?;
+            std::fs::copy(&c.ca, &ca)?;
             cmd.arg("--ca").arg(&ca).uid(uid).gid(uid);
         }
         let mut child = cmd.spawn().context("starting dfleet-agent")?;
@@ -359,6 +537,11 @@ impl Agent {
                 return Ok(line);
             }
         }
+    }
+
+    /// Waits until the process exits.
+    pub async fn exited(&mut self) -> Result<std::process::ExitStatus> {
+        Ok(self.child.wait().await?)
     }
 
     /// Whether the process is still running.

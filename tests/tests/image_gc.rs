@@ -10,43 +10,7 @@ use dfleet_coordinator::client::Target;
 use dfleet_coordinator::image_gc;
 use dfleet_proto::domain::{EventKind, GenerationRef};
 use dfleet_provisioner::image::store::{GenState, ImageStore, Record};
-use dfleet_tests::{Agent, Coordinator, Settings, TestNode, cluster_toml, nodes};
-
-/// The test inventory with a boot network on the nodes' loopback subnet, so
-/// agents can run on it; its files land in `dir`. (Nothing is sent to these
-/// addresses by the boot network: they are data in the rendered files.)
-fn boot_toml(dir: &Path, k: u8, nodes: &[TestNode]) -> String {
-    let mut t = cluster_toml(dir, nodes, &Settings::default());
-    t.push_str(&format!(
-        r#"
-[boot]
-interface = "lo"
-subnet = "127.{k}.0.0/24"
-router = "127.{k}.0.254"
-dns = ["127.{k}.0.254"]
-domain = "test.example"
-next_server = "127.{k}.0.254"
-dhcp = "dnsmasq"
-dhcp_reload = ["true"]
-
-[nfs]
-server = "127.{k}.0.254"
-export_root = "{images}"
-reload = ["true"]
-
-[paths]
-tftp_root = "{tftp}"
-dhcp_root = "{dhcp}"
-exports_root = "{exports}"
-images_root = "{images}"
-"#,
-        tftp = dir.join("tftp").display(),
-        dhcp = dir.join("dhcp").display(),
-        exports = dir.join("exports").display(),
-        images = dir.join("images").display(),
-    ));
-    t
-}
+use dfleet_tests::{Agent, Coordinator, nodes};
 
 fn g(s: &str) -> GenerationRef {
     s.parse().unwrap()
@@ -82,7 +46,11 @@ fn open_generation(images: &Path, n: u64) -> Result<()> {
 async fn gc_deletes_unused_generations_after_unexporting_them() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let ns = nodes(61, 2);
-    let c = Coordinator::start(dir.path(), &boot_toml(dir.path(), 61, &ns)).await?;
+    let c = Coordinator::start(
+        dir.path(),
+        &dfleet_tests::loopback_boot_toml(dir.path(), 61, &ns),
+    )
+    .await?;
     let mut events = c.watch().await?;
     let images = dir.path().join("images");
     for n in 1..=5 {
@@ -188,7 +156,11 @@ async fn a_generation_a_node_runs_stays_after_the_node_goes_away() -> Result<()>
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir()?;
     let ns = nodes(62, 2);
-    let c = Coordinator::start(dir.path(), &boot_toml(dir.path(), 62, &ns)).await?;
+    let c = Coordinator::start(
+        dir.path(),
+        &dfleet_tests::loopback_boot_toml(dir.path(), 62, &ns),
+    )
+    .await?;
     let mut events = c.watch().await?;
     let images = dir.path().join("images");
     for n in 1..=4 {
@@ -240,7 +212,11 @@ async fn image_cli(c: &Coordinator, args: &[&str]) -> Result<std::process::Outpu
 async fn a_retired_generation_is_unexported_unassignable_and_collected() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let ns = nodes(62, 2);
-    let c = Coordinator::start(dir.path(), &boot_toml(dir.path(), 62, &ns)).await?;
+    let c = Coordinator::start(
+        dir.path(),
+        &dfleet_tests::loopback_boot_toml(dir.path(), 62, &ns),
+    )
+    .await?;
     let mut events = c.watch().await?;
     let images = dir.path().join("images");
     for n in 1..=3 {

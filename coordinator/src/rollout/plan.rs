@@ -149,6 +149,9 @@ pub struct RolloutNode {
     /// The boot it ran when its reboot was ordered; a different boot id is
     /// a node that rebooted.
     pub boot_id: String,
+    /// Failed before the last resume: a human saw it, so it no longer
+    /// counts against --max-failures or pauses as a failed canary.
+    pub forgiven: bool,
 }
 
 /// Whether the rollout goes on.
@@ -300,7 +303,7 @@ pub fn plan(
                 if !v.boot_id.is_empty() && v.boot_id != n.boot_id {
                     // Back already (perhaps while the coordinator was down).
                     actions.push(Action::ToBooting { node: node.clone() });
-                    if let Some(a) = arrived(p, &node, v) {
+                    if let Some(a) = arrived(p, n, v) {
                         if matches!(a, Action::ToFailed { .. }) {
                             failed_now.push(node.clone());
                         }
@@ -322,7 +325,7 @@ pub fn plan(
             Step::Booting { since: t } => {
                 // The ready timeout runs from the reboot order; Booting's
                 // start is close enough and survives restarts.
-                if let Some(a) = arrived(p, &node, v) {
+                if let Some(a) = arrived(p, n, v) {
                     if matches!(a, Action::ToFailed { .. }) {
                         failed_now.push(node.clone());
                     }
@@ -349,14 +352,11 @@ pub fn plan(
         }
     }
 
-    let failures = r
-        .nodes
-        .iter()
-        .filter(|n| matches!(n.step, Step::Failed { .. }) || failed_now.contains(&n.name))
-        .count();
-    let canary_failed = r.nodes.iter().find(|n| {
-        n.canary && (matches!(n.step, Step::Failed { .. }) || failed_now.contains(&n.name))
-    });
+    let counts = |n: &RolloutNode| {
+        (matches!(n.step, Step::Failed { .. }) && !n.forgiven) || failed_now.contains(&n.name)
+    };
+    let failures = r.nodes.iter().filter(|n| counts(n)).count();
+    let canary_failed = r.nodes.iter().find(|n| n.canary && counts(n));
 
     match &r.state {
         State::Aborting => {
@@ -472,8 +472,11 @@ pub fn plan(
 
 /// What a node that left its old boot has come to: done when it reports
 /// the target and is ready, failed when it came back on another generation.
-fn arrived(p: &Policy, node: &str, v: &NodeView) -> Option<Action> {
-    if !v.connected {
+/// Judged only on a report of a new boot: a node that reconnected has its
+/// last boot's report until its first new one arrives.
+fn arrived(p: &Policy, n: &RolloutNode, v: &NodeView) -> Option<Action> {
+    let node = n.name.as_str();
+    if !v.connected || v.boot_id.is_empty() || v.boot_id == n.boot_id {
         return None;
     }
     match &v.booted {
@@ -540,6 +543,7 @@ mod tests {
             wave: 0,
             previous: Some(generation(7)),
             boot_id: "old".into(),
+            forgiven: false,
         }
     }
 
@@ -739,6 +743,22 @@ mod tests {
     }
 
     #[test]
+    fn failures_seen_before_a_resume_are_forgiven() {
+        let names = ["n1", "n2", "n3"];
+        let mut r = rollout(
+            policy(),
+            names.iter().map(|n| node(n, Step::Pending)).collect(),
+        );
+        r.nodes[0].canary = true;
+        r.nodes[0].wave = 1;
+        r.nodes[0].step = Step::Failed { reason: "x".into() };
+        let f = fleet(&names);
+        assert!(matches!(plan(&r, &f, false, t(0))[0], Action::Pause { .. }));
+        r.nodes[0].forgiven = true;
+        assert_eq!(started(&plan(&r, &f, false, t(0))), ["n2", "n3"]);
+    }
+
+    #[test]
     fn a_paused_rollout_finishes_nodes_in_flight_but_starts_none() {
         let names = ["n1", "n2"];
         let mut r = rollout(
@@ -869,6 +889,22 @@ mod tests {
                 Action::ToDone { node: "n1".into() },
                 Action::Complete
             ]
+        );
+    }
+
+    #[test]
+    fn a_node_is_judged_on_the_first_report_of_its_new_boot() {
+        let mut r = rollout(policy(), vec![node("n1", Step::Booting { since: t(0) })]);
+        r.nodes[0].wave = 1;
+        let mut f = fleet(&["n1"]);
+        // Connected again, but the coordinator still holds the old boot's
+        // report (compute:7): not a failure yet.
+        f.insert("n1".into(), up(7, "old"));
+        assert!(plan(&r, &f, false, t(5)).is_empty());
+        f.insert("n1".into(), up(8, "new"));
+        assert_eq!(
+            plan(&r, &f, false, t(6)),
+            [Action::ToDone { node: "n1".into() }, Action::Complete]
         );
     }
 

@@ -146,6 +146,7 @@ pub fn node_row(rollout: u64, seq: u32, n: &RolloutNode, drained: bool) -> Rollo
         previous: n.previous.clone(),
         boot_id: n.boot_id.clone(),
         drained,
+        forgiven: n.forgiven,
     }
 }
 
@@ -183,6 +184,7 @@ pub fn node_from_row(r: &RolloutNodeRow) -> Result<RolloutNode, String> {
         wave: r.wave,
         previous: r.previous.clone(),
         boot_id: r.boot_id.clone(),
+        forgiven: r.forgiven,
     })
 }
 
@@ -283,6 +285,7 @@ mod tests {
                     generation: Generation(7),
                 }),
                 boot_id: "b".into(),
+                forgiven: i % 3 == 0,
             };
             let row = node_row(4, 2, &n, true);
             assert_eq!(node_from_row(&row), Ok(n));
@@ -294,6 +297,7 @@ mod tests {
             wave: 1,
             previous: None,
             boot_id: String::new(),
+            forgiven: false,
         };
         let mut row = node_row(4, 2, &done, false);
         row.step = "exploded".into();

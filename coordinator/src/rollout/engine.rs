@@ -1,0 +1,863 @@
+//! The rollout engine: one task that owns the current rollout, plans it
+//! (`plan::plan`) on every change of the fleet and once a second, and
+//! carries out the actions. Each step a node moves to is committed to the
+//! store before the engine acts on it, so after a crash the next plan starts
+//! from what was stored: a node whose reboot was ordered is never ordered
+//! again for the same boot (the order names the boot, and the agent refuses
+//! an order for a boot it no longer runs).
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dfleet_proto::domain::{EventKind, GenerationRef, NodeState};
+use dfleet_provisioner::window::{self, Window};
+use jiff::Timestamp;
+use tokio::sync::{mpsc, oneshot};
+
+use super::plan::{self, Action, NodeView, Rollout, RolloutNode, State, Step};
+use super::record::{PolicySpec, command_for, node_from_row, node_row};
+use crate::boot::BootWriter;
+use crate::fleet::{Command, FleetHandle};
+use crate::store::{RolloutNodeRow, RolloutRow, Store, Write};
+
+/// How long a drain, drained-check or undrain command may run.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How often a drained check runs for one node.
+const CHECK_EVERY: Duration = Duration::from_secs(10);
+
+/// The settings key of the freeze switch; its value is who froze.
+const FROZEN: &str = "reboots_frozen";
+
+/// A request to the engine.
+pub enum Request {
+    Start {
+        spec: Box<PolicySpec>,
+        actor: String,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    Status {
+        reply: oneshot::Sender<StatusView>,
+    },
+    Control {
+        action: String,
+        actor: String,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    History {
+        reply: oneshot::Sender<Vec<RolloutRow>>,
+    },
+    Freeze {
+        frozen: bool,
+        actor: String,
+        reply: oneshot::Sender<String>,
+    },
+}
+
+/// The current (or last) rollout as `rollout status` shows it.
+#[derive(Debug, Clone)]
+pub struct StatusView {
+    pub rollout: Option<(RolloutRow, Vec<RolloutNodeRow>)>,
+    pub frozen_by: String,
+    pub window_open: bool,
+    pub window_opens: Option<Timestamp>,
+}
+
+#[derive(Clone, Debug)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Request>,
+}
+
+impl EngineHandle {
+    pub async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Request,
+    ) -> Result<T, tonic::Status> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| tonic::Status::unavailable("the rollout engine has stopped"))?;
+        rx.await
+            .map_err(|_| tonic::Status::unavailable("the rollout engine has stopped"))
+    }
+}
+
+/// The rollout being carried out, as loaded or started.
+struct Active {
+    row: RolloutRow,
+    spec: PolicySpec,
+    rollout: Rollout,
+    /// Nodes the rollout drained (and so undrains).
+    drained: HashSet<String>,
+    /// When each node's drained check last ran.
+    checked: HashMap<String, tokio::time::Instant>,
+}
+
+pub struct Engine {
+    fleet: FleetHandle,
+    store: Store,
+    boot: Arc<BootWriter>,
+    /// The hosts a rollout never reboots: this coordinator's addresses.
+    own_ips: Vec<IpAddr>,
+    active: Option<Active>,
+    history: Vec<RolloutRow>,
+    frozen_by: Option<String>,
+    next_id: u64,
+}
+
+impl Engine {
+    /// The engine with what the store kept: every rollout, the nodes of the
+    /// unfinished one, and the freeze switch.
+    pub fn new(
+        fleet: FleetHandle,
+        store: Store,
+        boot: Arc<BootWriter>,
+        own_ips: Vec<IpAddr>,
+        rollouts: Vec<RolloutRow>,
+        nodes: Vec<RolloutNodeRow>,
+        settings: &HashMap<String, String>,
+    ) -> Engine {
+        let next_id = rollouts.iter().map(|r| r.id).max().unwrap_or(0) + 1;
+        let active = rollouts
+            .iter()
+            .rev()
+            .find(|r| !matches!(r.state.as_str(), "completed" | "aborted"))
+            .and_then(|row| match load(row, &nodes) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    tracing::error!(rollout = row.id, error = %e, "cannot resume the rollout");
+                    None
+                }
+            });
+        Engine {
+            fleet,
+            store,
+            boot,
+            own_ips,
+            active,
+            history: rollouts,
+            frozen_by: settings.get(FROZEN).cloned(),
+            next_id,
+        }
+    }
+
+    pub fn spawn(mut self) -> EngineHandle {
+        let (tx, mut rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut events = match self.fleet.ask(|reply| Command::Subscribe { reply }).await {
+                Ok((_, rx)) => rx,
+                Err(_) => return,
+            };
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    req = rx.recv() => match req {
+                        Some(req) => self.handle(req).await,
+                        None => return,
+                    },
+                    ev = events.recv() => match ev {
+                        Ok(e) if moves_nodes(e.kind) => self.step().await,
+                        Ok(_) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.step().await,
+                        Err(_) => return,
+                    },
+                    _ = tick.tick() => self.step().await,
+                }
+            }
+        });
+        EngineHandle { tx }
+    }
+
+    async fn handle(&mut self, req: Request) {
+        match req {
+            Request::Start { spec, actor, reply } => {
+                let r = self.start(*spec, &actor).await;
+                // The first step runs before the answer, so what `rollout
+                // status` shows next already follows the policy.
+                if r.is_ok() {
+                    self.step().await;
+                }
+                let _ = reply.send(r);
+            }
+            Request::Status { reply } => {
+                let now = Timestamp::now();
+                let (window_open, window_opens) = match &self.active {
+                    Some(a) => (
+                        a.rollout.policy.window.is_open(now),
+                        a.rollout.policy.window.next_open(now),
+                    ),
+                    None => (true, None),
+                };
+                let _ = reply.send(StatusView {
+                    rollout: self.active.as_ref().map(|a| (a.row.clone(), rows(a))),
+                    frozen_by: self.frozen_by.clone().unwrap_or_default(),
+                    window_open,
+                    window_opens,
+                });
+            }
+            Request::Control {
+                action,
+                actor,
+                reply,
+            } => {
+                let r = self.control(&action, &actor).await;
+                if r.is_ok() {
+                    self.step().await;
+                }
+                let _ = reply.send(r);
+            }
+            Request::History { reply } => {
+                let mut h = self.history.clone();
+                h.reverse();
+                let _ = reply.send(h);
+            }
+            Request::Freeze {
+                frozen,
+                actor,
+                reply,
+            } => {
+                let text = if frozen {
+                    self.frozen_by = Some(actor.clone());
+                    self.store
+                        .write(Write::Setting(FROZEN.into(), Some(actor.clone())));
+                    self.record(EventKind::RebootsFrozen, "", "no new reboot starts", &actor);
+                    "reboots frozen: no new reboot starts until `dfleet reboots thaw`".to_string()
+                } else {
+                    self.frozen_by = None;
+                    self.store.write(Write::Setting(FROZEN.into(), None));
+                    self.record(EventKind::RebootsThawed, "", "reboots may start", &actor);
+                    "reboots thawed".to_string()
+                };
+                if let Err(e) = self.store.commit().await {
+                    let _ = reply.send(format!("{text}, but storing it failed: {e}"));
+                } else {
+                    let _ = reply.send(text);
+                }
+            }
+        }
+    }
+
+    fn record(&self, kind: EventKind, node: &str, detail: impl Into<String>, actor: &str) {
+        let fleet = self.fleet.clone();
+        let cmd = Command::Record {
+            kind,
+            node: node.to_string(),
+            detail: detail.into(),
+            actor: actor.to_string(),
+        };
+        tokio::spawn(async move {
+            let _ = fleet.send(cmd).await;
+        });
+    }
+
+    /// Validates and stores a new rollout.
+    async fn start(&mut self, spec: PolicySpec, actor: &str) -> Result<String, String> {
+        if let Some(a) = &self.active
+            && matches!(
+                a.rollout.state,
+                State::Running | State::Paused { .. } | State::Aborting
+            )
+        {
+            return Err(format!(
+                "rollout {} onto {} is {}: abort it or let it finish first",
+                a.row.id, a.row.target, a.row.state
+            ));
+        }
+        let (inv, assignments) = self
+            .fleet
+            .ask(|reply| Command::BootInputs { reply })
+            .await
+            .map_err(|s| s.message().to_string())?;
+        let mut spec = spec;
+        let target: GenerationRef = spec
+            .target
+            .parse()
+            .map_err(|_| format!("{:?} is not IMAGE:GEN", spec.target))?;
+        crate::boot::check_bootable(&self.fleet, &target)
+            .await
+            .map_err(|s| s.message().to_string())?;
+        // The window is stored as its text, so editing cluster.toml does not
+        // change a running rollout.
+        let w: Window = if spec.window.trim().is_empty() {
+            Window::always()
+        } else {
+            window::resolve(&spec.window, &inv.windows).map_err(|e| format!("--window: {e}"))?
+        };
+        spec.window = w.to_string();
+        let policy = spec.policy()?;
+        let names: Vec<String> = if spec.nodes.trim().is_empty() {
+            inv.nodes
+                .iter()
+                .filter(|n| {
+                    assignments
+                        .get(n.name.as_str())
+                        .map_or(n.image == target.image, |g| g.image == target.image)
+                })
+                .map(|n| n.name.to_string())
+                .collect()
+        } else {
+            let names = dfleet_provisioner::nodeset::expand(&spec.nodes, 1_000_000)
+                .map_err(|e| format!("node set {:?}: {e}", spec.nodes))?;
+            let unknown: Vec<&str> = names
+                .iter()
+                .filter(|n| inv.node(n).is_none())
+                .map(String::as_str)
+                .collect();
+            if !unknown.is_empty() {
+                return Err(format!("not in the inventory: {}", unknown.join(", ")));
+            }
+            names
+        };
+        if names.is_empty() {
+            return Err(format!("no node to roll onto {target}"));
+        }
+        let views = self.views(&names).await?;
+        // Hosts a rollout never reboots.
+        let mut protected: Vec<(IpAddr, &str)> = self
+            .own_ips
+            .iter()
+            .map(|ip| (*ip, "the coordinator's host"))
+            .collect();
+        if let Some(nfs) = &inv.nfs {
+            protected.push((IpAddr::V4(nfs.server), "the NFS server's host"));
+            protected.push((IpAddr::V4(nfs.management_host), "the management host"));
+        }
+        let ordered = plan::order(&names, &views, policy.order);
+        let mut nodes = Vec::new();
+        let mut canaries = 0;
+        for name in ordered {
+            let entry = inv.node(&name).expect("checked above");
+            let v = views.get(&name).cloned().unwrap_or_default();
+            let skip = protected
+                .iter()
+                .find(|(ip, _)| IpAddr::V4(entry.ip) == *ip)
+                .map(|(_, why)| format!("{why} is never rebooted by a rollout"))
+                .or_else(|| {
+                    (v.booted.as_ref() == Some(&target)
+                        && assignments.get(&name) == Some(&target)
+                        && v.ready)
+                        .then(|| format!("runs {target} already"))
+                });
+            let canary = skip.is_none() && canaries < policy.canary;
+            canaries += usize::from(canary);
+            nodes.push(RolloutNode {
+                name: name.clone(),
+                step: match skip {
+                    Some(reason) => Step::Skipped { reason },
+                    None => Step::Pending,
+                },
+                canary,
+                wave: 0,
+                previous: assignments.get(&name).cloned(),
+                boot_id: v.boot_id.clone(),
+                forgiven: false,
+            });
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let now_ms = Timestamp::now().as_millisecond();
+        let row = RolloutRow {
+            id,
+            target: target.clone(),
+            policy: serde_json::to_string(&spec).map_err(|e| e.to_string())?,
+            state: "running".into(),
+            reason: String::new(),
+            actor: actor.to_string(),
+            created_ms: now_ms,
+            updated_ms: now_ms,
+        };
+        self.store.write(Write::Rollout(row.clone()));
+        for (seq, n) in nodes.iter().enumerate() {
+            self.store
+                .write(Write::RolloutNode(node_row(id, seq as u32, n, false)));
+        }
+        self.store
+            .commit()
+            .await
+            .map_err(|e| format!("storing the rollout: {e}"))?;
+        let skipped = nodes
+            .iter()
+            .filter(|n| matches!(n.step, Step::Skipped { .. }))
+            .count();
+        let detail = format!(
+            "rollout {id} onto {target}: {} nodes ({skipped} skipped), canary {}, batch {}, max-unavailable {}, window {}",
+            nodes.len(),
+            policy.canary,
+            policy.batch,
+            policy.max_unavailable,
+            policy.window
+        );
+        self.record(EventKind::Rollout, "", format!("started {detail}"), actor);
+        self.history.push(row.clone());
+        self.active = Some(Active {
+            row,
+            spec,
+            rollout: Rollout {
+                policy,
+                state: State::Running,
+                nodes,
+            },
+            drained: HashSet::new(),
+            checked: HashMap::new(),
+        });
+        Ok(detail)
+    }
+
+    async fn control(&mut self, action: &str, actor: &str) -> Result<String, String> {
+        let Some(a) = &mut self.active else {
+            return Err("no rollout to control".into());
+        };
+        let id = a.row.id;
+        let state = match (action, &a.rollout.state) {
+            ("pause", State::Running) => State::Paused {
+                reason: format!("paused by {actor}"),
+            },
+            ("resume", State::Paused { .. }) => {
+                // The failures a human has seen no longer count.
+                for (seq, n) in a.rollout.nodes.iter_mut().enumerate() {
+                    if matches!(n.step, Step::Failed { .. }) && !n.forgiven {
+                        n.forgiven = true;
+                        let drained = a.drained.contains(&n.name);
+                        self.store
+                            .write(Write::RolloutNode(node_row(id, seq as u32, n, drained)));
+                    }
+                }
+                State::Running
+            }
+            ("abort", State::Running | State::Paused { .. }) => State::Aborting,
+            ("pause" | "resume" | "abort", s) => {
+                return Err(format!(
+                    "rollout {id} is {}: cannot {action} it",
+                    state_name(s)
+                ));
+            }
+            _ => return Err(format!("{action:?}: expected pause, resume or abort")),
+        };
+        self.set_state(state, actor).await?;
+        Ok(format!("rollout {id}: {action}d"))
+    }
+
+    async fn set_state(&mut self, state: State, actor: &str) -> Result<(), String> {
+        let Some(a) = &mut self.active else {
+            return Ok(());
+        };
+        a.rollout.state = state;
+        a.row.state = state_name(&a.rollout.state).into();
+        a.row.reason = match &a.rollout.state {
+            State::Paused { reason } => reason.clone(),
+            _ => String::new(),
+        };
+        a.row.updated_ms = Timestamp::now().as_millisecond();
+        self.store.write(Write::Rollout(a.row.clone()));
+        if let Some(h) = self.history.iter_mut().find(|h| h.id == a.row.id) {
+            *h = a.row.clone();
+        }
+        let detail = format!(
+            "rollout {} onto {}: {}{}",
+            a.row.id,
+            a.row.target,
+            a.row.state,
+            if a.row.reason.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", a.row.reason)
+            }
+        );
+        self.record(EventKind::Rollout, "", detail, actor);
+        self.store
+            .commit()
+            .await
+            .map_err(|e| format!("storing the rollout's state: {e}"))
+    }
+
+    /// The planner's view of `names`.
+    async fn views(&self, names: &[String]) -> Result<HashMap<String, NodeView>, String> {
+        let views = self
+            .fleet
+            .ask(|reply| Command::Status {
+                names: Some(names.to_vec()),
+                reply,
+            })
+            .await
+            .map_err(|s| s.message().to_string())?;
+        Ok(views
+            .into_iter()
+            .map(|v| {
+                let report = v.report.as_ref();
+                (
+                    v.entry.name.to_string(),
+                    NodeView {
+                        connected: v.connected,
+                        ready: v.connected && v.state == NodeState::Ready,
+                        boot_id: report
+                            .map(|r| r.identity.boot_id.clone())
+                            .unwrap_or_default(),
+                        booted: report.and_then(|r| r.booted.stamp.clone()),
+                        overlay_used: report.map_or(0, |r| r.overlay.used_bytes),
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// One planning step, and its actions.
+    async fn step(&mut self) {
+        let frozen = self.frozen_by.is_some();
+        let Some(a) = &self.active else {
+            return;
+        };
+        if matches!(a.rollout.state, State::Completed | State::Aborted) {
+            return;
+        }
+        let names: Vec<String> = a.rollout.nodes.iter().map(|n| n.name.clone()).collect();
+        let views = match self.views(&names).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "rollout: reading the fleet failed");
+                return;
+            }
+        };
+        let actions = plan::plan(&a.rollout, &views, frozen, Timestamp::now());
+        for action in actions {
+            if let Err(e) = self.act(action, &views).await {
+                // Not stored: nothing was done; the next step plans again.
+                tracing::error!(error = %e, "rollout: an action could not be stored");
+                return;
+            }
+        }
+    }
+
+    /// Moves `node` to `step`, committed to the store before the caller
+    /// acts on it.
+    async fn move_to(&mut self, node: &str, step: Step, wave: Option<u32>) -> Result<(), String> {
+        let a = self.active.as_mut().expect("a rollout is active");
+        let id = a.row.id;
+        let (seq, n) = a
+            .rollout
+            .nodes
+            .iter_mut()
+            .enumerate()
+            .find(|(_, n)| n.name == node)
+            .ok_or_else(|| format!("{node} is not in rollout {id}"))?;
+        n.step = step;
+        if let Some(w) = wave {
+            n.wave = w;
+        }
+        let row = node_row(id, seq as u32, n, a.drained.contains(node));
+        let detail = match &n.step {
+            Step::Failed { reason } | Step::Skipped { reason } => {
+                format!("rollout {id}: {} ({reason})", n.step.name())
+            }
+            s => format!("rollout {id}: {}", s.name()),
+        };
+        self.store.write(Write::RolloutNode(row));
+        self.store
+            .commit()
+            .await
+            .map_err(|e| format!("storing {node}'s step: {e}"))?;
+        self.record(EventKind::RolloutStep, node, detail, "");
+        Ok(())
+    }
+
+    async fn act(
+        &mut self,
+        action: Action,
+        views: &HashMap<String, NodeView>,
+    ) -> Result<(), String> {
+        let now = Timestamp::now();
+        let a = self.active.as_ref().expect("a rollout is active");
+        let spec = a.spec.clone();
+        let target = a.rollout.policy.target.clone();
+        let actor = format!("rollout:{}", a.row.id);
+        match action {
+            Action::StartDrain { node, wave } => {
+                if spec.drain_cmd.is_empty() {
+                    return self.move_to(&node, Step::Switching, Some(wave)).await;
+                }
+                self.active
+                    .as_mut()
+                    .expect("active")
+                    .drained
+                    .insert(node.clone());
+                self.move_to(&node, Step::Draining { since: now }, Some(wave))
+                    .await?;
+                if let Err(e) = run(&command_for(&spec.drain_cmd, &node)).await {
+                    return self
+                        .move_to(
+                            &node,
+                            Step::Failed {
+                                reason: format!("drain command: {e}"),
+                            },
+                            None,
+                        )
+                        .await;
+                }
+                if spec.drained_check.is_empty() {
+                    return self.move_to(&node, Step::Switching, None).await;
+                }
+                Ok(())
+            }
+            Action::CheckDrained { node } => {
+                let a = self.active.as_mut().expect("active");
+                let due = a
+                    .checked
+                    .get(&node)
+                    .is_none_or(|t| t.elapsed() >= CHECK_EVERY);
+                if !due {
+                    return Ok(());
+                }
+                a.checked.insert(node.clone(), tokio::time::Instant::now());
+                match run(&command_for(&spec.drained_check, &node)).await {
+                    Ok(()) => self.move_to(&node, Step::Switching, None).await,
+                    Err(e) => {
+                        tracing::info!(node, check = %e, "rollout: not drained yet");
+                        Ok(())
+                    }
+                }
+            }
+            Action::Switch { node, power } => {
+                // The assignment and its boot files, through the single writer.
+                let assigned = async {
+                    let held = self.boot.hold().await;
+                    self.fleet
+                        .ask(|reply| Command::Assign {
+                            names: vec![node.clone()],
+                            target: target.clone(),
+                            actor: actor.clone(),
+                            reply,
+                        })
+                        .await
+                        .map_err(|s| s.message().to_string())??;
+                    match crate::boot::apply_held(&self.fleet, &held, &actor).await {
+                        Ok(_) => Ok(()),
+                        // No boot network in the inventory: nothing to write.
+                        Err(s) if s.code() == tonic::Code::FailedPrecondition => Ok(()),
+                        Err(s) => Err(format!("writing the boot files: {}", s.message())),
+                    }
+                }
+                .await;
+                if let Err(e) = assigned {
+                    return self
+                        .move_to(
+                            &node,
+                            Step::Failed {
+                                reason: format!("assigning {target}: {e}"),
+                            },
+                            None,
+                        )
+                        .await;
+                }
+                if power {
+                    return self
+                        .move_to(
+                            &node,
+                            Step::Failed {
+                                reason: "unreachable, and no power command is configured".into(),
+                            },
+                            None,
+                        )
+                        .await;
+                }
+                let boot_id = views
+                    .get(&node)
+                    .map(|v| v.boot_id.clone())
+                    .unwrap_or_default();
+                {
+                    let a = self.active.as_mut().expect("active");
+                    if let Some(n) = a.rollout.nodes.iter_mut().find(|n| n.name == node) {
+                        n.boot_id = boot_id.clone();
+                    }
+                }
+                self.move_to(&node, Step::Rebooting { since: now, power }, None)
+                    .await?;
+                self.order_reboot(&node, &target, &boot_id, &actor).await;
+                Ok(())
+            }
+            Action::RepeatReboot { node } => {
+                let boot_id = self
+                    .active
+                    .as_ref()
+                    .and_then(|a| a.rollout.nodes.iter().find(|n| n.name == node))
+                    .map(|n| n.boot_id.clone())
+                    .unwrap_or_default();
+                self.order_reboot(&node, &target, &boot_id, &actor).await;
+                // Counted from now, so the order is not repeated every step.
+                self.move_to(
+                    &node,
+                    Step::Rebooting {
+                        since: now,
+                        power: false,
+                    },
+                    None,
+                )
+                .await
+            }
+            Action::ToBooting { node } => {
+                self.move_to(&node, Step::Booting { since: now }, None)
+                    .await
+            }
+            Action::ToDone { node } => {
+                let drained = self
+                    .active
+                    .as_ref()
+                    .is_some_and(|a| a.drained.contains(&node));
+                if drained
+                    && !spec.undrain_cmd.is_empty()
+                    && let Err(e) = run(&command_for(&spec.undrain_cmd, &node)).await
+                {
+                    self.record(
+                        EventKind::RolloutStep,
+                        &node,
+                        format!("undrain command: {e}; undrain it by hand"),
+                        &actor,
+                    );
+                }
+                self.move_to(&node, Step::Done, None).await
+            }
+            Action::ToFailed { node, reason } => {
+                self.move_to(&node, Step::Failed { reason }, None).await
+            }
+            Action::Revert { node } => {
+                let a = self.active.as_ref().expect("active");
+                let n = a.rollout.nodes.iter().find(|n| n.name == node);
+                let switched = n.is_some_and(|n| n.step == Step::Switching);
+                let previous = n.and_then(|n| n.previous.clone());
+                let drained = a.drained.contains(&node);
+                if switched && let Some(previous) = previous {
+                    let held = self.boot.hold().await;
+                    let _ = self
+                        .fleet
+                        .ask(|reply| Command::Assign {
+                            names: vec![node.clone()],
+                            target: previous,
+                            actor: actor.clone(),
+                            reply,
+                        })
+                        .await;
+                    let _ = crate::boot::apply_held(&self.fleet, &held, &actor).await;
+                }
+                if drained && !spec.undrain_cmd.is_empty() {
+                    let _ = run(&command_for(&spec.undrain_cmd, &node)).await;
+                }
+                self.move_to(&node, Step::Reverted, None).await
+            }
+            Action::Pause { reason } => self.set_state(State::Paused { reason }, "").await,
+            Action::Complete => self.set_state(State::Completed, "").await,
+            Action::Aborted => self.set_state(State::Aborted, "").await,
+        }
+    }
+
+    async fn order_reboot(&self, node: &str, target: &GenerationRef, boot_id: &str, actor: &str) {
+        let sent = self
+            .fleet
+            .ask(|reply| Command::Reboot {
+                node: node.to_string(),
+                target: target.clone(),
+                boot_id: boot_id.to_string(),
+                actor: actor.to_string(),
+                reply,
+            })
+            .await;
+        match sent {
+            Ok(Ok(())) => {}
+            // The next steps see it unreachable or back.
+            Ok(Err(e)) => tracing::warn!(node, error = %e, "rollout: reboot order not sent"),
+            Err(s) => tracing::warn!(node, error = %s, "rollout: reboot order not sent"),
+        }
+    }
+}
+
+/// Events after which the plan may change at once.
+fn moves_nodes(kind: EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Connected
+            | EventKind::Disconnected
+            | EventKind::Ready
+            | EventKind::NotReady
+            | EventKind::Stale
+            | EventKind::Lost
+    )
+}
+
+pub fn state_name(s: &State) -> &'static str {
+    match s {
+        State::Running => "running",
+        State::Paused { .. } => "paused",
+        State::Aborting => "aborting",
+        State::Completed => "completed",
+        State::Aborted => "aborted",
+    }
+}
+
+fn load(row: &RolloutRow, nodes: &[RolloutNodeRow]) -> Result<Active, String> {
+    let spec: PolicySpec = serde_json::from_str(&row.policy)
+        .map_err(|e| format!("rollout {}: its policy does not parse: {e}", row.id))?;
+    let policy = spec.policy()?;
+    let mut drained = HashSet::new();
+    let mut list = Vec::new();
+    for r in nodes.iter().filter(|n| n.rollout == row.id) {
+        if r.drained {
+            drained.insert(r.node.clone());
+        }
+        list.push(node_from_row(r)?);
+    }
+    let state = match row.state.as_str() {
+        "running" => State::Running,
+        "paused" => State::Paused {
+            reason: row.reason.clone(),
+        },
+        "aborting" => State::Aborting,
+        other => return Err(format!("rollout {}: state {other:?}", row.id)),
+    };
+    Ok(Active {
+        row: row.clone(),
+        spec,
+        rollout: Rollout {
+            policy,
+            state,
+            nodes: list,
+        },
+        drained,
+        checked: HashMap::new(),
+    })
+}
+
+fn rows(a: &Active) -> Vec<RolloutNodeRow> {
+    a.rollout
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(seq, n)| node_row(a.row.id, seq as u32, n, a.drained.contains(&n.name)))
+        .collect()
+}
+
+/// Runs an argument vector (never through a shell) to completion.
+async fn run(argv: &[String]) -> Result<(), String> {
+    let Some((program, args)) = argv.split_first() else {
+        return Err("empty command".into());
+    };
+    let shown = argv.join(" ");
+    let out = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(COMMAND_TIMEOUT, out).await {
+        Ok(Ok(o)) if o.status.success() => Ok(()),
+        Ok(Ok(o)) => Err(format!(
+            "{shown}: {} {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Ok(Err(e)) => Err(format!("{shown}: {e}")),
+        Err(_) => Err(format!(
+            "{shown}: no answer after {}s",
+            COMMAND_TIMEOUT.as_secs()
+        )),
+    }
+}
