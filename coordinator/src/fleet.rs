@@ -117,6 +117,8 @@ pub struct NodeView {
     pub cert_not_after: i64,
     pub report: Option<Report>,
     pub enrollment_refused: String,
+    /// The boot its latest stream said it runs (its report may be older).
+    pub boot_id: String,
 }
 
 /// Counters for the metrics endpoint.
@@ -795,6 +797,7 @@ impl Fleet {
             cert_not_after: rec.row.cert_not_after,
             report: rec.row.report.clone(),
             enrollment_refused: rec.enrollment_refused.clone(),
+            boot_id: rec.row.boot_id.clone(),
         })
     }
 
@@ -1371,18 +1374,10 @@ impl Fleet {
         conn.tx
             .try_send(Ok(order))
             .map_err(|e| format!("sending {node} its reboot order: {e}"))?;
-        // The node comes back with a new boot and a new key: the reboot the
-        // coordinator ordered allows it one new enrollment, as a rearm would.
-        if let Some(rec) = self.nodes.get_mut(node) {
-            rec.row.rearmed = true;
-            self.persist(node);
-        }
         self.emit(
             EventKind::RebootOrdered,
             node,
-            format!(
-                "reboot of boot {boot_id} towards {target}, through its agent; one new enrollment allowed"
-            ),
+            format!("reboot of boot {boot_id} towards {target}, through its agent"),
             actor,
         );
         Ok(())

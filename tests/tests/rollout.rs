@@ -62,6 +62,34 @@ async fn boot_fleet(
     Ok(sims)
 }
 
+/// A coordinator and `count` simulated nodes, all ready on compute:7.
+struct Sim {
+    dir: tempfile::TempDir,
+    ns: Vec<TestNode>,
+    c: Coordinator,
+    events: EventWatch,
+    boots: Arc<Mutex<Vec<Boot>>>,
+    sims: Vec<SimNode>,
+}
+
+async fn simulated(k: u8, count: u8) -> Result<Sim> {
+    init();
+    let dir = tempfile::tempdir()?;
+    let ns = nodes(k, count);
+    let c = Coordinator::start(dir.path(), &setup(dir.path(), &ns, k)?).await?;
+    let mut events = c.watch().await?;
+    let boots = Arc::new(Mutex::new(Vec::new()));
+    let sims = boot_fleet(&c, &mut events, dir.path(), &ns, "compute:7", &boots).await?;
+    Ok(Sim {
+        dir,
+        ns,
+        c,
+        events,
+        boots,
+        sims,
+    })
+}
+
 /// The rollout's step events, in order: (node, step).
 fn steps(events: &[Event]) -> Vec<(String, String)> {
     events
@@ -86,13 +114,14 @@ async fn all_events(c: &Coordinator) -> Result<Vec<Event>> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rollout_moves_twenty_nodes_with_canaries_batches_and_the_unavailable_cap() -> Result<()>
 {
-    init();
-    let dir = tempfile::tempdir()?;
-    let ns = nodes(31, 20);
-    let c = Coordinator::start(dir.path(), &setup(dir.path(), &ns, 31)?).await?;
-    let mut events = c.watch().await?;
-    let boots = Arc::new(Mutex::new(Vec::new()));
-    let _sims = boot_fleet(&c, &mut events, dir.path(), &ns, "compute:7", &boots).await?;
+    let Sim {
+        dir,
+        ns,
+        c,
+        mut events,
+        boots,
+        sims: _sims,
+    } = simulated(31, 20).await?;
 
     // Drain and undrain commands run as argument vectors: {node} arrives as
     // one argument ($0 of the script), whatever it holds.
@@ -224,13 +253,14 @@ async fn a_rollout_moves_twenty_nodes_with_canaries_batches_and_the_unavailable_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_freeze_and_a_closed_window_hold_new_reboots() -> Result<()> {
-    init();
-    let dir = tempfile::tempdir()?;
-    let ns = nodes(32, 3);
-    let c = Coordinator::start(dir.path(), &setup(dir.path(), &ns, 32)?).await?;
-    let mut events = c.watch().await?;
-    let boots = Arc::new(Mutex::new(Vec::new()));
-    let _sims = boot_fleet(&c, &mut events, dir.path(), &ns, "compute:7", &boots).await?;
+    let Sim {
+        dir: _dir,
+        ns: _ns,
+        c,
+        mut events,
+        boots: _boots,
+        sims: _sims,
+    } = simulated(32, 3).await?;
 
     let frozen = c.cli(&["reboots", "freeze"]).await?;
     assert!(frozen.contains("reboots frozen"), "{frozen}");
@@ -297,5 +327,222 @@ async fn the_freeze_and_a_closed_window_hold_new_reboots() -> Result<()> {
         .as_array()
         .map(|a| a.iter().filter(|n| n["step"] == "reverted").count());
     assert_eq!(reverted, Some(3), "{st}");
+    Ok(())
+}
+
+/// Waits for the rollout event whose detail contains `what`.
+async fn rollout_event(events: &mut EventWatch, what: &str) -> Result<Event> {
+    events
+        .wait_for(&format!("the rollout to be {what}"), |e| {
+            e.kind == EventKind::Rollout && e.detail.contains(what)
+        })
+        .await
+}
+
+/// Waits for `node`'s step event saying it failed.
+async fn node_failed(events: &mut EventWatch, node: &str) -> Result<Event> {
+    events
+        .wait_for(&format!("{node} to fail"), |e| {
+            e.kind == EventKind::RolloutStep && e.node == node && e.detail.contains("failed")
+        })
+        .await
+}
+
+/// Each node's step in `rollout status --json`.
+async fn node_steps(c: &Coordinator) -> Result<HashMap<String, (String, String)>> {
+    let st: serde_json::Value =
+        serde_json::from_str(&c.cli(&["rollout", "status", "--json"]).await?)?;
+    Ok(st["rollout"]["nodes"]
+        .as_array()
+        .context("nodes")?
+        .iter()
+        .map(|n| {
+            (
+                n["name"].as_str().unwrap_or_default().to_string(),
+                (
+                    n["step"].as_str().unwrap_or_default().to_string(),
+                    n["reason"].as_str().unwrap_or_default().to_string(),
+                ),
+            )
+        })
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_that_never_comes_back_fails_and_pauses_the_rollout_until_resumed() -> Result<()> {
+    let Sim {
+        dir: _dir,
+        ns: _ns,
+        c,
+        mut events,
+        boots: _boots,
+        sims,
+    } = simulated(33, 5).await?;
+    sims[1]
+        .stay_down
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+
+    c.cli(&[
+        "rollout",
+        "start",
+        "compute:8",
+        "--canary",
+        "1",
+        "--batch",
+        "2",
+        "--order",
+        "name",
+        "--ready-timeout",
+        "10s",
+    ])
+    .await?;
+    let e = rollout_event(&mut events, "paused").await?;
+    assert!(
+        e.detail
+            .contains("1 nodes failed, more than --max-failures 0"),
+        "{}",
+        e.detail
+    );
+    let steps = node_steps(&c).await?;
+    assert_eq!(steps["cn01"].0, "done", "{steps:?}");
+    assert_eq!(steps["cn02"].0, "failed", "{steps:?}");
+    assert!(steps["cn02"].1.contains("not back"), "{steps:?}");
+    assert_eq!(steps["cn03"].0, "done", "{steps:?}");
+    assert_eq!(
+        (steps["cn04"].0.as_str(), steps["cn05"].0.as_str()),
+        ("pending", "pending")
+    );
+
+    // A human saw it: resume, and the rest goes on.
+    c.cli(&["rollout", "resume"]).await?;
+    rollout_event(&mut events, "completed").await?;
+    let steps = node_steps(&c).await?;
+    assert_eq!(steps["cn05"].0, "done", "{steps:?}");
+    assert_eq!(steps["cn02"].0, "failed", "{steps:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_unavailable_holds_with_a_node_already_down_and_a_drain_check_times_out() -> Result<()>
+{
+    init();
+    let dir = tempfile::tempdir()?;
+    let ns = nodes(34, 4);
+    let c = Coordinator::start(dir.path(), &setup(dir.path(), &ns, 34)?).await?;
+    let mut events = c.watch().await?;
+    let boots = Arc::new(Mutex::new(Vec::new()));
+    // cn04 is down: its agent never starts.
+    let _sims = boot_fleet(&c, &mut events, dir.path(), &ns[..3], "compute:7", &boots).await?;
+    c.cli(&["node", "assign", "cn04", "compute:7"]).await?;
+
+    c.cli(&[
+        "rollout",
+        "start",
+        "compute:8",
+        "--nodes",
+        "cn[01-04]",
+        "--batch",
+        "4",
+        "--max-unavailable",
+        "1",
+        "--max-failures",
+        "9",
+        "--order",
+        "name",
+        "--drain-cmd",
+        "true",
+        "--drain-timeout",
+        "2s",
+        // Never drained: cn01 (its jobs never end); every other node is.
+        "--drained-check",
+        "sh -c 'test \"$0\" != cn01' {node}",
+    ])
+    .await?;
+    // cn04, down already, is the only node that may start: it fails (it
+    // cannot be reached and no power command is configured) and, still
+    // down, keeps the one unit of room.
+    let e = node_failed(&mut events, "cn04").await?;
+    assert!(e.detail.contains("unreachable"), "{}", e.detail);
+    let steps = node_steps(&c).await?;
+    for n in ["cn01", "cn02", "cn03"] {
+        assert_eq!(steps[n].0, "pending", "{steps:?}");
+    }
+
+    // cn04 comes up on its own: room for one node, whose drained check
+    // never passes, so it fails after --drain-timeout without a reboot.
+    let target = Target {
+        grpc: c.grpc.clone(),
+        ca: c.ca(),
+    };
+    let _cn04 = SimNode::boot(
+        &target,
+        &ns[3],
+        &dir.path().join("cn04"),
+        &dir.path().join("tftp"),
+        "compute:8",
+        boots.clone(),
+    )
+    .await?;
+    let e = node_failed(&mut events, "cn01").await?;
+    assert!(e.detail.contains("not drained after 2s"), "{}", e.detail);
+    let rebooted: Vec<Boot> = boots
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|b| b.node == "cn01")
+        .cloned()
+        .collect();
+    assert_eq!(rebooted.len(), 1, "cn01 was rebooted: {rebooted:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_coordinator_killed_mid_rollout_resumes_and_reboots_no_node_twice() -> Result<()> {
+    init();
+    let dir = tempfile::tempdir()?;
+    let ns = nodes(35, 6);
+    let toml = setup(dir.path(), &ns, 35)?;
+    let mut c = Coordinator::start(dir.path(), &toml).await?;
+    let mut events = c.watch().await?;
+    let boots = Arc::new(Mutex::new(Vec::new()));
+    let _sims = boot_fleet(&c, &mut events, dir.path(), &ns, "compute:7", &boots).await?;
+
+    c.cli(&[
+        "rollout",
+        "start",
+        "compute:8",
+        "--batch",
+        "2",
+        "--order",
+        "name",
+    ])
+    .await?;
+    // Killed right after the second wave's first reboot order.
+    events.wait(EventKind::RebootOrdered, "cn03").await?;
+    let port = c.grpc.rsplit(':').next().context("port")?.to_string();
+    c.kill().await?;
+    drop(events);
+
+    // Back on the address the agents know; the rollout goes on by itself.
+    let toml = toml.replace("127.0.0.1:0\"]", &format!("127.0.0.1:{port}\"]"));
+    let c = Coordinator::start(dir.path(), &toml).await?;
+    let mut events = c.watch().await?;
+    rollout_event(&mut events, "completed").await?;
+    let steps = node_steps(&c).await?;
+    assert!(steps.values().all(|(s, _)| s == "done"), "{steps:?}");
+    let boots = boots.lock().unwrap().clone();
+    for n in &ns {
+        let mine: Vec<&str> = boots
+            .iter()
+            .filter(|b| b.node == n.name)
+            .map(|b| b.generation.as_str())
+            .collect();
+        assert_eq!(
+            mine,
+            ["compute:7", "compute:8"],
+            "{} rebooted other than once",
+            n.name
+        );
+    }
     Ok(())
 }

@@ -28,6 +28,10 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often a drained check runs for one node.
 const CHECK_EVERY: Duration = Duration::from_secs(10);
 
+/// How long after the coordinator starts a node that was connected before
+/// is taken to be reconnecting rather than unreachable.
+const RECONNECT_GRACE: Duration = Duration::from_secs(60);
+
 /// The settings key of the freeze switch; its value is who froze.
 const FROZEN: &str = "reboots_frozen";
 
@@ -106,6 +110,8 @@ pub struct Engine {
     history: Vec<RolloutRow>,
     frozen_by: Option<String>,
     next_id: u64,
+    /// When this coordinator run started.
+    started: Timestamp,
 }
 
 impl Engine {
@@ -141,6 +147,7 @@ impl Engine {
             history: rollouts,
             frozen_by: settings.get(FROZEN).cloned(),
             next_id,
+            started: Timestamp::now(),
         }
     }
 
@@ -355,6 +362,7 @@ impl Engine {
                 previous: assignments.get(&name).cloned(),
                 boot_id: v.boot_id.clone(),
                 forgiven: false,
+                ordered: false,
             });
         }
         let id = self.next_id;
@@ -484,6 +492,9 @@ impl Engine {
             })
             .await
             .map_err(|s| s.message().to_string())?;
+        let started_ms = self.started.as_millisecond();
+        let settling_window =
+            Timestamp::now().as_millisecond() - started_ms < RECONNECT_GRACE.as_millis() as i64;
         Ok(views
             .into_iter()
             .map(|v| {
@@ -493,6 +504,15 @@ impl Engine {
                     NodeView {
                         connected: v.connected,
                         ready: v.connected && v.state == NodeState::Ready,
+                        stream_boot_id: if v.connected {
+                            v.boot_id.clone()
+                        } else {
+                            String::new()
+                        },
+                        settling: !v.connected
+                            && settling_window
+                            && v.last_seen_ms > 0
+                            && v.last_seen_ms < started_ms,
                         boot_id: report
                             .map(|r| r.identity.boot_id.clone())
                             .unwrap_or_default(),
@@ -674,6 +694,7 @@ impl Engine {
                 }
                 self.move_to(&node, Step::Rebooting { since: now, power }, None)
                     .await?;
+                self.rearm(&node, &actor).await?;
                 self.order_reboot(&node, &target, &boot_id, &actor).await;
                 Ok(())
             }
@@ -684,6 +705,7 @@ impl Engine {
                     .and_then(|a| a.rollout.nodes.iter().find(|n| n.name == node))
                     .map(|n| n.boot_id.clone())
                     .unwrap_or_default();
+                self.rearm(&node, &actor).await?;
                 self.order_reboot(&node, &target, &boot_id, &actor).await;
                 // Counted from now, so the order is not repeated every step.
                 self.move_to(
@@ -751,7 +773,38 @@ impl Engine {
         }
     }
 
-    async fn order_reboot(&self, node: &str, target: &GenerationRef, boot_id: &str, actor: &str) {
+    /// The node comes back with a new boot and a new key: the reboot the
+    /// rollout orders allows it one new enrollment, stored before the order
+    /// goes out (so a coordinator killed meanwhile still lets it back in).
+    async fn rearm(&self, node: &str, actor: &str) -> Result<(), String> {
+        self.fleet
+            .ask(|reply| Command::Rearm {
+                node: node.to_string(),
+                actor: actor.to_string(),
+                reply,
+            })
+            .await
+            .map_err(|s| s.message().to_string())??;
+        self.store
+            .commit()
+            .await
+            .map_err(|e| format!("storing {node}'s rearm: {e}"))
+    }
+
+    async fn order_reboot(
+        &mut self,
+        node: &str,
+        target: &GenerationRef,
+        boot_id: &str,
+        actor: &str,
+    ) {
+        if let Some(n) = self
+            .active
+            .as_mut()
+            .and_then(|a| a.rollout.nodes.iter_mut().find(|n| n.name == node))
+        {
+            n.ordered = true;
+        }
         let sent = self
             .fleet
             .ask(|reply| Command::Reboot {

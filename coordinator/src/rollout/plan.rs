@@ -152,6 +152,11 @@ pub struct RolloutNode {
     /// Failed before the last resume: a human saw it, so it no longer
     /// counts against --max-failures or pauses as a failed canary.
     pub forgiven: bool,
+    /// This coordinator run sent its reboot order. Not stored: after a
+    /// restart nobody knows whether the order went out before the crash, so
+    /// it is sent again at once (the order names the boot, so a node that
+    /// rebooted already refuses it).
+    pub ordered: bool,
 }
 
 /// Whether the rollout goes on.
@@ -185,8 +190,13 @@ pub struct NodeView {
     pub connected: bool,
     /// Its last report passes every readiness check (and is not stale).
     pub ready: bool,
-    /// The boot its agent reports.
+    /// The boot of its last report.
     pub boot_id: String,
+    /// The boot its latest stream announced (ahead of its first report).
+    pub stream_boot_id: String,
+    /// Not connected, but it was before this coordinator started, which was
+    /// moments ago: its agent is still to reconnect, not unreachable.
+    pub settling: bool,
     /// The generation its last report says it booted.
     pub booted: Option<GenerationRef>,
     /// Upper-layer bytes in use, for `fullest-overlay-first`.
@@ -291,7 +301,7 @@ pub fn plan(
             Step::Switching => {
                 if r.state == State::Aborting {
                     actions.push(Action::Revert { node });
-                } else {
+                } else if !v.settling {
                     actions.push(Action::Switch {
                         node,
                         power: !v.connected,
@@ -300,7 +310,8 @@ pub fn plan(
             }
             Step::Rebooting { since: t, power } => {
                 let waited = since(now, *t);
-                if !v.boot_id.is_empty() && v.boot_id != n.boot_id {
+                let new_boot = |b: &str| !b.is_empty() && b != n.boot_id;
+                if new_boot(&v.boot_id) || new_boot(&v.stream_boot_id) {
                     // Back already (perhaps while the coordinator was down).
                     actions.push(Action::ToBooting { node: node.clone() });
                     if let Some(a) = arrived(p, n, v) {
@@ -309,8 +320,19 @@ pub fn plan(
                         }
                         actions.push(a);
                     }
-                } else if !v.connected {
+                } else if !v.connected && (n.ordered || *power) {
                     actions.push(Action::ToBooting { node });
+                } else if !v.connected {
+                    // Restarted since: the node may never have had the
+                    // order; it gets it again once its agent is back.
+                    if waited > p.ready_timeout {
+                        let reason = format!(
+                            "unreachable {}s after its reboot was ordered, still on its old boot",
+                            waited.as_secs()
+                        );
+                        failed_now.push(node.clone());
+                        actions.push(Action::ToFailed { node, reason });
+                    }
                 } else if waited > p.ready_timeout {
                     let reason = format!(
                         "still on its old boot {}s after the reboot order",
@@ -318,7 +340,7 @@ pub fn plan(
                     );
                     failed_now.push(node.clone());
                     actions.push(Action::ToFailed { node, reason });
-                } else if !*power && waited > REPEAT_REBOOT_AFTER {
+                } else if !*power && (!n.ordered || waited > REPEAT_REBOOT_AFTER) {
                     actions.push(Action::RepeatReboot { node });
                 }
             }
@@ -437,11 +459,8 @@ pub fn plan(
         .nodes
         .iter()
         .filter(|n| {
-            (n.step.in_flight() && !failed_now.contains(&n.name))
-                || (!n.step.in_flight() && {
-                    let v = view(&n.name);
-                    !(v.connected && v.ready)
-                })
+            let v = view(&n.name);
+            (n.step.in_flight() && !failed_now.contains(&n.name)) || !(v.connected && v.ready)
         })
         .count();
     let cap = p.max_unavailable.of(r.nodes.len());
@@ -544,6 +563,7 @@ mod tests {
             previous: Some(generation(7)),
             boot_id: "old".into(),
             forgiven: false,
+            ordered: true,
         }
     }
 
@@ -552,6 +572,8 @@ mod tests {
             connected: true,
             ready: true,
             boot_id: boot.into(),
+            stream_boot_id: boot.into(),
+            settling: false,
             booted: Some(generation(number)),
             overlay_used: 0,
         }
@@ -673,6 +695,26 @@ mod tests {
         // n1 comes back by itself: room again.
         f.insert("n1".into(), up(7, "x"));
         assert_eq!(started(&plan(&r, &f, false, t(0))), ["n2"]);
+    }
+
+    #[test]
+    fn a_node_failing_now_and_still_down_keeps_its_room() {
+        let names = ["n1", "n2", "n3"];
+        let mut p = policy();
+        p.max_unavailable = Amount::Count(1);
+        p.max_failures = 5;
+        let mut r = rollout(p, names.iter().map(|n| node(n, Step::Pending)).collect());
+        r.nodes[2].step = Step::Booting { since: t(0) };
+        r.nodes[2].wave = 1;
+        let mut f = fleet(&names);
+        f.insert("n3".into(), NodeView::default());
+        // n3 fails now (never back) but is still down: nothing may start.
+        let a = plan(&r, &f, false, t(901));
+        assert!(
+            matches!(&a[0], Action::ToFailed { node, .. } if node == "n3"),
+            "{a:?}"
+        );
+        assert!(started(&a).is_empty(), "{a:?}");
     }
 
     #[test]
@@ -839,6 +881,40 @@ mod tests {
     }
 
     #[test]
+    fn a_node_still_reconnecting_after_a_restart_is_not_unreachable() {
+        let mut r = rollout(policy(), vec![node("n1", Step::Switching)]);
+        r.nodes[0].wave = 1;
+        let mut f = fleet(&["n1"]);
+        f.insert(
+            "n1".into(),
+            NodeView {
+                settling: true,
+                ..NodeView::default()
+            },
+        );
+        assert!(plan(&r, &f, false, t(0)).is_empty());
+    }
+
+    #[test]
+    fn a_new_stream_shows_the_reboot_before_its_first_report() {
+        let mut r = rebooting_n1();
+        r.nodes[0].ordered = false;
+        let mut f = fleet(&["n1"]);
+        f.insert(
+            "n1".into(),
+            NodeView {
+                stream_boot_id: "new".into(),
+                ..up(7, "old")
+            },
+        );
+        // Rebooted: never ordered again, not judged on the old report.
+        assert_eq!(
+            plan(&r, &f, false, t(3)),
+            [Action::ToBooting { node: "n1".into() }]
+        );
+    }
+
+    #[test]
     fn an_unreachable_node_is_switched_to_its_power_command() {
         let mut r = rollout(policy(), vec![node("n1", Step::Switching)]);
         r.nodes[0].wave = 1;
@@ -874,6 +950,22 @@ mod tests {
         );
         r.nodes[0].wave = 1;
         r
+    }
+
+    #[test]
+    fn an_order_not_known_to_be_sent_is_sent_again_once_the_node_is_back() {
+        let mut r = rebooting_n1();
+        r.nodes[0].ordered = false;
+        let mut f = fleet(&["n1"]);
+        // Its agent has not reconnected to the restarted coordinator yet:
+        // not gone to reboot, just not back.
+        f.insert("n1".into(), NodeView::default());
+        assert!(plan(&r, &f, false, t(1)).is_empty());
+        f.insert("n1".into(), up(7, "old"));
+        assert_eq!(
+            plan(&r, &f, false, t(2)),
+            [Action::RepeatReboot { node: "n1".into() }]
+        );
     }
 
     #[test]

@@ -185,6 +185,7 @@ pub fn node_from_row(r: &RolloutNodeRow) -> Result<RolloutNode, String> {
         previous: r.previous.clone(),
         boot_id: r.boot_id.clone(),
         forgiven: r.forgiven,
+        ordered: false,
     })
 }
 
@@ -286,6 +287,7 @@ mod tests {
                 }),
                 boot_id: "b".into(),
                 forgiven: i % 3 == 0,
+                ordered: false,
             };
             let row = node_row(4, 2, &n, true);
             assert_eq!(node_from_row(&row), Ok(n));
@@ -298,6 +300,7 @@ mod tests {
             previous: None,
             boot_id: String::new(),
             forgiven: false,
+            ordered: false,
         };
         let mut row = node_row(4, 2, &done, false);
         row.step = "exploded".into();
