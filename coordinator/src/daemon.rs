@@ -256,9 +256,10 @@ pub async fn run(
     }
     if let Some(metrics) = listeners.metrics {
         let fleet = fleet.clone();
+        let rollouts = services.rollouts.clone();
         let stop = shutdown.clone();
         tasks.spawn(async move {
-            crate::metrics::serve(metrics, fleet, stop).await;
+            crate::metrics::serve(metrics, fleet, rollouts, stop).await;
             Ok(())
         });
     }

@@ -13,6 +13,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::fleet::{Command, FleetHandle, MetricsSnapshot, tokio_util_shutdown::Shutdown};
+use crate::rollout::engine::{EngineHandle, StatusView};
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -57,6 +58,74 @@ impl Family<'_> {
             let _ = writeln!(self.out, " {value}");
         }
     }
+}
+
+/// The steps a rollout's nodes can be in, each always exported (a zero is
+/// an answer, a missing series is not).
+const STEPS: [&str; 9] = [
+    "pending",
+    "draining",
+    "switching",
+    "rebooting",
+    "booting",
+    "done",
+    "failed",
+    "skipped",
+    "reverted",
+];
+
+/// The rollout families: the freeze switch, and the current (or last)
+/// rollout's state, nodes by step and window.
+pub fn render_rollout(v: &StatusView) -> String {
+    let mut out = String::new();
+    let mut f = Family { out: &mut out };
+    f.header(
+        "dfleet_reboots_frozen",
+        "gauge",
+        "1 while `dfleet reboots freeze` holds every new reboot.",
+    );
+    f.sample(
+        "dfleet_reboots_frozen",
+        &[],
+        if v.frozen_by.is_empty() { 0.0 } else { 1.0 },
+    );
+    let Some((row, nodes)) = &v.rollout else {
+        return out;
+    };
+    f.header(
+        "dfleet_rollout_info",
+        "gauge",
+        "The current (or last) rollout: its id, target and state.",
+    );
+    f.sample(
+        "dfleet_rollout_info",
+        &[
+            ("id", &row.id.to_string()),
+            ("target", &row.target.to_string()),
+            ("state", &row.state),
+        ],
+        1.0,
+    );
+    f.header(
+        "dfleet_rollout_nodes",
+        "gauge",
+        "Nodes of the current (or last) rollout by step.",
+    );
+    for step in STEPS {
+        let n = nodes.iter().filter(|n| n.step == step).count();
+        f.sample("dfleet_rollout_nodes", &[("step", step)], n as f64);
+    }
+    f.header(
+        "dfleet_rollout_window_open",
+        "gauge",
+        "1 while the rollout's maintenance window lets new nodes start.",
+    );
+    f.sample(
+        "dfleet_rollout_window_open",
+        &[],
+        if v.window_open { 1.0 } else { 0.0 },
+    );
+    out
 }
 
 /// Renders a snapshot in the text exposition format.
@@ -277,7 +346,12 @@ pub fn render(s: &MetricsSnapshot) -> String {
 }
 
 /// Serves `GET /metrics` until shutdown.
-pub async fn serve(listener: TcpListener, fleet: FleetHandle, mut shutdown: Shutdown) {
+pub async fn serve(
+    listener: TcpListener,
+    fleet: FleetHandle,
+    rollouts: EngineHandle,
+    mut shutdown: Shutdown,
+) {
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -290,10 +364,12 @@ pub async fn serve(listener: TcpListener, fleet: FleetHandle, mut shutdown: Shut
             _ = shutdown.wait() => return,
         };
         let fleet = fleet.clone();
+        let rollouts = rollouts.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let fleet = fleet.clone();
-                async move { Ok::<_, std::convert::Infallible>(respond(req, &fleet).await) }
+                let rollouts = rollouts.clone();
+                async move { Ok::<_, std::convert::Infallible>(respond(req, &fleet, &rollouts).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -305,6 +381,7 @@ pub async fn serve(listener: TcpListener, fleet: FleetHandle, mut shutdown: Shut
 async fn respond(
     req: Request<hyper::body::Incoming>,
     fleet: &FleetHandle,
+    rollouts: &EngineHandle,
 ) -> Response<Full<Bytes>> {
     let reply = |status: StatusCode, ctype: &str, body: String| {
         Response::builder()
@@ -320,8 +397,17 @@ async fn respond(
             "only GET /metrics is served here\n".into(),
         );
     }
+    let rollout = rollouts
+        .ask(|reply| crate::rollout::engine::Request::Status { reply })
+        .await;
     match fleet.ask(|reply| Command::Metrics { reply }).await {
-        Ok(snapshot) => reply(StatusCode::OK, CONTENT_TYPE, render(&snapshot)),
+        Ok(snapshot) => {
+            let mut body = render(&snapshot);
+            if let Ok(r) = rollout {
+                body.push_str(&render_rollout(&r));
+            }
+            reply(StatusCode::OK, CONTENT_TYPE, body)
+        }
         Err(e) => reply(
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
@@ -333,6 +419,71 @@ async fn respond(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rollout_families_count_nodes_by_step() {
+        use crate::store::{RolloutNodeRow, RolloutRow};
+        let node = |name: &str, step: &str| RolloutNodeRow {
+            rollout: 3,
+            seq: 0,
+            node: name.into(),
+            step: step.into(),
+            step_at_ms: 0,
+            power: false,
+            reason: String::new(),
+            canary: false,
+            wave: 1,
+            previous: None,
+            boot_id: String::new(),
+            drained: false,
+            forgiven: false,
+        };
+        let v = StatusView {
+            rollout: Some((
+                RolloutRow {
+                    id: 3,
+                    target: "compute:8".parse().unwrap(),
+                    policy: "{}".into(),
+                    state: "paused".into(),
+                    reason: "canary cn01 failed".into(),
+                    actor: "uid:0".into(),
+                    created_ms: 0,
+                    updated_ms: 0,
+                },
+                vec![
+                    node("cn01", "failed"),
+                    node("cn02", "pending"),
+                    node("cn03", "pending"),
+                ],
+            )),
+            frozen_by: "uid:0".into(),
+            window_open: false,
+            window_opens: None,
+        };
+        let text = render_rollout(&v);
+        for line in [
+            "dfleet_reboots_frozen 1",
+            "dfleet_rollout_info{id=\"3\",target=\"compute:8\",state=\"paused\"} 1",
+            "dfleet_rollout_nodes{step=\"pending\"} 2",
+            "dfleet_rollout_nodes{step=\"failed\"} 1",
+            "dfleet_rollout_nodes{step=\"done\"} 0",
+            "dfleet_rollout_window_open 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} in\n{text}");
+        }
+        let none = render_rollout(&StatusView {
+            rollout: None,
+            frozen_by: String::new(),
+            window_open: true,
+            window_opens: None,
+        });
+        assert_eq!(
+            none.lines()
+                .filter(|l| !l.starts_with('#'))
+                .collect::<Vec<_>>(),
+            ["dfleet_reboots_frozen 0"]
+        );
+    }
 
     #[test]
     fn label_values_are_escaped() {

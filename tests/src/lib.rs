@@ -167,6 +167,26 @@ images_root = "{images}"
     t
 }
 
+/// A plain HTTP/1.1 GET on loopback: (content type, body).
+pub async fn http_get(addr: &str, path: &str) -> Result<(String, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = String::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_string(&mut buf)).await??;
+    let (head, body) = buf.split_once("\r\n\r\n").context("no header end")?;
+    let ctype = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_string)
+        })
+        .context("no content type")?;
+    Ok((ctype, body.to_string()))
+}
+
 /// A running `dfleet serve`.
 pub struct Coordinator {
     pub dir: PathBuf,

@@ -3,7 +3,6 @@
 //! coordinator restart, forged claims, and certificate renewal.
 
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use dfleet_agent::link::Credentials;
@@ -107,7 +106,7 @@ async fn agents_enroll_report_and_show_in_status() -> Result<()> {
     );
 
     // Metrics carry the same numbers, with the right content type.
-    let (ctype, body) = http_get(&c.metrics, "/metrics").await?;
+    let (ctype, body) = dfleet_tests::http_get(&c.metrics, "/metrics").await?;
     assert!(ctype.starts_with("text/plain; version=0.0.4"), "{ctype}");
     let used = list[0]["report"]["overlay"]["used_bytes"].as_u64().unwrap();
     let name = list[0]["name"].as_str().unwrap();
@@ -447,26 +446,6 @@ fn open_to_nobody(top: &Path, root: &Path) -> Result<()> {
     std::fs::create_dir_all(&state)?;
     std::os::unix::fs::chown(&state, Some(65534), Some(65534))?;
     Ok(())
-}
-
-/// A plain HTTP/1.1 GET on loopback: (content type, body).
-async fn http_get(addr: &str, path: &str) -> Result<(String, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
-    let mut buf = String::new();
-    tokio::time::timeout(Duration::from_secs(30), s.read_to_string(&mut buf)).await??;
-    let (head, body) = buf.split_once("\r\n\r\n").context("no header end")?;
-    let ctype = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-type: ")
-                .map(str::to_string)
-        })
-        .context("no content type")?;
-    Ok((ctype, body.to_string()))
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -238,6 +238,18 @@ async fn a_rollout_moves_twenty_nodes_with_canaries_batches_and_the_unavailable_
     let st: serde_json::Value =
         serde_json::from_str(&c.cli(&["rollout", "status", "--json"]).await?)?;
     assert_eq!(st["rollout"]["state"], "completed", "{st}");
+    let (_, metrics) = dfleet_tests::http_get(&c.metrics, "/metrics").await?;
+    for line in [
+        "dfleet_rollout_info{id=\"1\",target=\"compute:8\",state=\"completed\"} 1",
+        "dfleet_rollout_nodes{step=\"done\"} 20",
+        "dfleet_rollout_nodes{step=\"pending\"} 0",
+        "dfleet_reboots_frozen 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in:\n{metrics}"
+        );
+    }
     let text = c.cli(&["rollout", "status"]).await?;
     assert!(
         text.contains("20/20 nodes finished") && text.contains("20 done"),
