@@ -148,6 +148,9 @@ pub enum NodeCommand {
     Rearm { name: String },
     /// Set the generation nodes boot next (IMAGE:GEN); their menus follow.
     Assign { nodeset: String, generation: String },
+    /// Reboot nodes through the rollout machinery (drain, batches, windows,
+    /// health gates), each back on the generation it is assigned.
+    Reboot(Box<crate::rollout::cli::RebootArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -295,6 +298,9 @@ async fn serve(config: &std::path::Path) -> Result<()> {
 async fn node(cli: &Cli, command: &NodeCommand) -> Result<()> {
     let mut c = client::connect(&cli.target()?).await?;
     match command {
+        NodeCommand::Reboot(args) => {
+            return crate::rollout::cli::node_reboot(cli, args).await;
+        }
         NodeCommand::Show { name, json } => {
             let n = c
                 .show_node(pb::ShowNodeRequest { node: name.clone() })

@@ -101,7 +101,12 @@ pub fn render_rollout(v: &StatusView) -> String {
         "dfleet_rollout_info",
         &[
             ("id", &row.id.to_string()),
-            ("target", &row.target.to_string()),
+            (
+                "target",
+                &row.target
+                    .as_ref()
+                    .map_or_else(|| "reboot".to_string(), |t| t.to_string()),
+            ),
             ("state", &row.state),
         ],
         1.0,
@@ -442,7 +447,7 @@ mod tests {
             rollout: Some((
                 RolloutRow {
                     id: 3,
-                    target: "compute:8".parse().unwrap(),
+                    target: Some("compute:8".parse().unwrap()),
                     policy: "{}".into(),
                     state: "paused".into(),
                     reason: "canary cn01 failed".into(),

@@ -600,17 +600,15 @@ impl Admin for Services {
     ) -> Result<Response<pb::ActionResponse>, Status> {
         let actor = admin_caller(self, &req).await?;
         let r = req.into_inner();
-        let target: dfleet_proto::domain::GenerationRef = r
-            .target
-            .ok_or_else(|| Status::invalid_argument("no target generation"))?
-            .try_into()
-            .map_err(|e: dfleet_proto::convert::ConvertError| {
-                Status::invalid_argument(e.to_string())
-            })?;
+        // No target: a plain reboot, each node back on its assignment.
+        let target: Option<dfleet_proto::domain::GenerationRef> =
+            r.target.map(TryInto::try_into).transpose().map_err(
+                |e: dfleet_proto::convert::ConvertError| Status::invalid_argument(e.to_string()),
+            )?;
         let or = |v: String, default: &str| if v.is_empty() { default.to_string() } else { v };
         let batch = or(r.batch, "1");
         let spec = crate::rollout::record::PolicySpec {
-            target: target.to_string(),
+            target: target.map(|t| t.to_string()).unwrap_or_default(),
             nodes: r.nodeset,
             canary: r.canary as usize,
             max_unavailable: or(r.max_unavailable, &batch),
@@ -857,7 +855,7 @@ fn changes_pb(
 fn rollout_info(row: crate::store::RolloutRow) -> pb::RolloutInfo {
     pb::RolloutInfo {
         id: row.id,
-        target: Some(row.target.into()),
+        target: row.target.map(Into::into),
         state: row.state,
         reason: row.reason,
         actor: row.actor,

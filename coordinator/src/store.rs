@@ -61,7 +61,8 @@ pub struct PendingRow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RolloutRow {
     pub id: u64,
-    pub target: GenerationRef,
+    /// `None` for a plain reboot.
+    pub target: Option<GenerationRef>,
     pub policy: String,
     /// `running`, `paused`, `aborting`, `completed` or `aborted`.
     pub state: String,
@@ -195,8 +196,8 @@ CREATE TABLE IF NOT EXISTS assignments (
 );
 CREATE TABLE IF NOT EXISTS rollouts (
     id INTEGER PRIMARY KEY,
-    image TEXT NOT NULL,
-    generation INTEGER NOT NULL,
+    image TEXT,
+    generation INTEGER,
     policy TEXT NOT NULL,
     state TEXT NOT NULL,
     reason TEXT NOT NULL,
@@ -365,10 +366,7 @@ fn load(conn: &Connection) -> Result<Loaded, StoreError> {
     let rows = stmt.query_map([], |r| {
         Ok(RolloutRow {
             id: r.get::<_, i64>(0)? as u64,
-            target: GenerationRef {
-                image: r.get(1)?,
-                generation: Generation(r.get::<_, i64>(2)? as u64),
-            },
+            target: generation_ref(r.get(1)?, r.get(2)?),
             policy: r.get(3)?,
             state: r.get(4)?,
             reason: r.get(5)?,
@@ -554,8 +552,8 @@ fn apply(conn: &mut Connection, writes: Vec<Write>, failed: &mut Option<rusqlite
                     )?
                     .execute(params![
                         r.id as i64,
-                        r.target.image,
-                        r.target.generation.0 as i64,
+                        r.target.as_ref().map(|g| g.image.clone()),
+                        r.target.as_ref().map(|g| g.generation.0 as i64),
                         r.policy,
                         r.state,
                         r.reason,
@@ -709,10 +707,10 @@ mod tests {
     fn rollout(id: u64, state: &str) -> RolloutRow {
         RolloutRow {
             id,
-            target: GenerationRef {
+            target: (id != 3).then(|| GenerationRef {
                 image: "compute".into(),
                 generation: Generation(8),
-            },
+            }),
             policy: "{}".into(),
             state: state.into(),
             reason: String::new(),
@@ -739,6 +737,8 @@ mod tests {
             paused.policy = "changed".into();
             paused.reason = "canary cn1 failed".into();
             store.write(Write::Rollout(paused));
+            // A plain reboot has no target.
+            store.write(Write::Rollout(rollout(3, "completed")));
             store.write(Write::Setting(
                 "reboots_frozen".into(),
                 Some("uid:0".into()),
@@ -748,7 +748,8 @@ mod tests {
             store.commit().await.unwrap();
         }
         let (_, loaded) = Store::open(dir.path()).unwrap();
-        assert_eq!(loaded.rollouts.len(), 2);
+        assert_eq!(loaded.rollouts.len(), 3);
+        assert_eq!(loaded.rollouts[2].target, None);
         assert_eq!(loaded.rollouts[1].state, "paused");
         assert_eq!(loaded.rollouts[1].reason, "canary cn1 failed");
         assert_eq!(loaded.rollouts[1].policy, "{}");

@@ -90,6 +90,15 @@ async fn simulated(k: u8, count: u8) -> Result<Sim> {
     })
 }
 
+/// The generations `node` booted, in order.
+fn booted<'a>(boots: &'a [Boot], node: &str) -> Vec<&'a str> {
+    boots
+        .iter()
+        .filter(|b| b.node == node)
+        .map(|b| b.generation.as_str())
+        .collect()
+}
+
 /// The rollout's step events, in order: (node, step).
 fn steps(events: &[Event]) -> Vec<(String, String)> {
     events
@@ -151,12 +160,12 @@ async fn a_rollout_moves_twenty_nodes_with_canaries_batches_and_the_unavailable_
         ])
         .await?;
     assert!(
-        out.contains("rollout 1 onto compute:8: 20 nodes (0 skipped)"),
+        out.contains("rollout 1 (onto compute:8): 20 nodes (0 skipped)"),
         "{out}"
     );
     // A second rollout while this one runs is refused.
     let e = c.cli_err(&["rollout", "start", "compute:8"]).await?;
-    assert!(e.contains("rollout 1 onto compute:8 is running"), "{e}");
+    assert!(e.contains("rollout 1 (onto compute:8) is running"), "{e}");
 
     events
         .wait_for("the rollout to complete", |e| {
@@ -172,11 +181,7 @@ async fn a_rollout_moves_twenty_nodes_with_canaries_batches_and_the_unavailable_
     }
     let boots = boots.lock().unwrap().clone();
     for n in &ns {
-        let mine: Vec<&str> = boots
-            .iter()
-            .filter(|b| b.node == n.name)
-            .map(|b| b.generation.as_str())
-            .collect();
+        let mine = booted(&boots, &n.name);
         assert_eq!(mine, ["compute:7", "compute:8"], "{}", n.name);
     }
     let all = all_events(&c).await?;
@@ -544,11 +549,7 @@ async fn a_coordinator_killed_mid_rollout_resumes_and_reboots_no_node_twice() ->
     assert!(steps.values().all(|(s, _)| s == "done"), "{steps:?}");
     let boots = boots.lock().unwrap().clone();
     for n in &ns {
-        let mine: Vec<&str> = boots
-            .iter()
-            .filter(|b| b.node == n.name)
-            .map(|b| b.generation.as_str())
-            .collect();
+        let mine = booted(&boots, &n.name);
         assert_eq!(
             mine,
             ["compute:7", "compute:8"],
@@ -556,5 +557,44 @@ async fn a_coordinator_killed_mid_rollout_resumes_and_reboots_no_node_twice() ->
             n.name
         );
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn node_reboot_brings_each_node_back_on_its_assignment() -> Result<()> {
+    let Sim {
+        dir: _dir,
+        ns,
+        c,
+        mut events,
+        boots,
+        sims: _sims,
+    } = simulated(36, 3).await?;
+    // A reboot needs nodes; cn03 is left alone.
+    let e = c.cli_err(&["node", "reboot", ""]).await?;
+    assert!(e.contains("a reboot needs a node set"), "{e}");
+    let out = c
+        .cli(&["node", "reboot", "cn[01-02]", "--batch", "1"])
+        .await?;
+    assert!(
+        out.contains("a reboot, each node back on its assigned generation"),
+        "{out}"
+    );
+    rollout_event(&mut events, "completed").await?;
+    let boots = boots.lock().unwrap().clone();
+    for n in &ns {
+        let mine = booted(&boots, &n.name);
+        let want: &[&str] = if n.name == "cn03" {
+            &["compute:7"]
+        } else {
+            &["compute:7", "compute:7"]
+        };
+        assert_eq!(mine, want, "{}", n.name);
+    }
+    let text = c.cli(&["rollout", "status"]).await?;
+    assert!(
+        text.contains("(reboot): completed") && text.contains("2 done"),
+        "{text}"
+    );
     Ok(())
 }

@@ -37,6 +37,22 @@ pub struct StartArgs {
     /// Node set; every node assigned an image of that name when absent.
     #[arg(long)]
     nodes: Option<String>,
+    #[command(flatten)]
+    flags: RolloutFlags,
+}
+
+/// What `node reboot` takes.
+#[derive(Debug, clap::Args)]
+pub struct RebootArgs {
+    /// The nodes to reboot, each back on the generation it is assigned.
+    nodeset: String,
+    #[command(flatten)]
+    flags: RolloutFlags,
+}
+
+/// How a rollout (or a plain reboot) proceeds.
+#[derive(Debug, clap::Args)]
+pub struct RolloutFlags {
     /// Nodes that go first, alone; all must succeed before any batch.
     #[arg(long, default_value_t = 0)]
     canary: u32,
@@ -110,42 +126,16 @@ pub async fn rollout(cli: &Cli, command: &RolloutCommand) -> Result<()> {
     let mut c = client::connect(&cli.target()?).await?;
     match command {
         RolloutCommand::Start(args) => {
-            let StartArgs {
-                generation,
-                nodes,
-                canary,
-                batch,
-                max_unavailable,
-                window,
-                drain_cmd,
-                drained_check,
-                drain_timeout,
-                undrain_cmd,
-                ready_timeout,
-                max_failures,
-                order,
-            } = args.as_ref();
-            let target: dfleet_proto::domain::GenerationRef = generation
+            let target: dfleet_proto::domain::GenerationRef = args
+                .generation
                 .parse()
-                .map_err(|_| anyhow::anyhow!("{generation:?} is not IMAGE:GEN"))?;
-            let r = c
-                .rollout_start(pb::RolloutStartRequest {
-                    target: Some(target.into()),
-                    nodeset: nodes.clone().unwrap_or_default(),
-                    canary: *canary,
-                    batch: batch.clone(),
-                    max_unavailable: max_unavailable.clone().unwrap_or_default(),
-                    window: window.clone().unwrap_or_default(),
-                    drain_cmd: argv("--drain-cmd", drain_cmd)?,
-                    drained_check: argv("--drained-check", drained_check)?,
-                    drain_timeout_seconds: seconds("--drain-timeout", drain_timeout)?,
-                    undrain_cmd: argv("--undrain-cmd", undrain_cmd)?,
-                    ready_timeout_seconds: seconds("--ready-timeout", ready_timeout)?,
-                    max_failures: *max_failures,
-                    order: order.clone(),
-                })
-                .await
-                .map_err(status_err)?;
+                .map_err(|_| anyhow::anyhow!("{:?} is not IMAGE:GEN", args.generation))?;
+            let req = request(
+                Some(target),
+                args.nodes.clone().unwrap_or_default(),
+                &args.flags,
+            )?;
+            let r = c.rollout_start(req).await.map_err(status_err)?;
             println!("{}", r.into_inner().detail);
         }
         RolloutCommand::Status { json } => {
@@ -203,6 +193,38 @@ pub async fn rollout(cli: &Cli, command: &RolloutCommand) -> Result<()> {
     Ok(())
 }
 
+/// The request for a rollout onto `target`, or a plain reboot (`None`).
+fn request(
+    target: Option<dfleet_proto::domain::GenerationRef>,
+    nodeset: String,
+    f: &RolloutFlags,
+) -> Result<pb::RolloutStartRequest> {
+    Ok(pb::RolloutStartRequest {
+        target: target.map(Into::into),
+        nodeset,
+        canary: f.canary,
+        batch: f.batch.clone(),
+        max_unavailable: f.max_unavailable.clone().unwrap_or_default(),
+        window: f.window.clone().unwrap_or_default(),
+        drain_cmd: argv("--drain-cmd", &f.drain_cmd)?,
+        drained_check: argv("--drained-check", &f.drained_check)?,
+        drain_timeout_seconds: seconds("--drain-timeout", &f.drain_timeout)?,
+        undrain_cmd: argv("--undrain-cmd", &f.undrain_cmd)?,
+        ready_timeout_seconds: seconds("--ready-timeout", &f.ready_timeout)?,
+        max_failures: f.max_failures,
+        order: f.order.clone(),
+    })
+}
+
+/// `dfleet node reboot`: the rollout machinery without a new generation.
+pub async fn node_reboot(cli: &Cli, args: &RebootArgs) -> Result<()> {
+    let mut c = client::connect(&cli.target()?).await?;
+    let req = request(None, args.nodeset.clone(), &args.flags)?;
+    let r = c.rollout_start(req).await.map_err(status_err)?;
+    println!("{}", r.into_inner().detail);
+    Ok(())
+}
+
 pub async fn reboots(cli: &Cli, command: &RebootsCommand) -> Result<()> {
     let mut c = client::connect(&cli.target()?).await?;
     let r = c
@@ -219,7 +241,7 @@ fn target_text(i: &pb::RolloutInfo) -> String {
     i.target
         .as_ref()
         .map(|t| format!("{}:{}", t.image, t.generation))
-        .unwrap_or_default()
+        .unwrap_or_else(|| "reboot".into())
 }
 
 /// `rollout status`: a progress bar, then every node's step.
@@ -244,7 +266,7 @@ pub fn status_text(r: &pb::RolloutStatusReply) -> String {
     let width = 30;
     let filled = (finished * width).checked_div(total).unwrap_or(width);
     out.push_str(&format!(
-        "rollout {} onto {}: {}{}\n[{}{}] {finished}/{total} nodes finished\n",
+        "rollout {} ({}): {}{}\n[{}{}] {finished}/{total} nodes finished\n",
         i.id,
         target_text(i),
         i.state,

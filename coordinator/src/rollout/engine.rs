@@ -270,8 +270,10 @@ impl Engine {
             )
         {
             return Err(format!(
-                "rollout {} onto {} is {}: abort it or let it finish first",
-                a.row.id, a.row.target, a.row.state
+                "rollout {} ({}) is {}: abort it or let it finish first",
+                a.row.id,
+                what(&a.row.target),
+                a.row.state
             ));
         }
         let (inv, assignments) = self
@@ -280,13 +282,22 @@ impl Engine {
             .await
             .map_err(|s| s.message().to_string())?;
         let mut spec = spec;
-        let target: GenerationRef = spec
-            .target
-            .parse()
-            .map_err(|_| format!("{:?} is not IMAGE:GEN", spec.target))?;
-        crate::boot::check_bootable(&self.fleet, &target)
-            .await
-            .map_err(|s| s.message().to_string())?;
+        let target: Option<GenerationRef> = if spec.target.is_empty() {
+            None
+        } else {
+            Some(
+                spec.target
+                    .parse()
+                    .map_err(|_| format!("{:?} is not IMAGE:GEN", spec.target))?,
+            )
+        };
+        if let Some(t) = &target {
+            crate::boot::check_bootable(&self.fleet, t)
+                .await
+                .map_err(|s| s.message().to_string())?;
+        } else if spec.nodes.trim().is_empty() {
+            return Err("a reboot needs a node set".into());
+        }
         // The window is stored as its text, so editing cluster.toml does not
         // change a running rollout.
         let w: Window = if spec.window.trim().is_empty() {
@@ -300,9 +311,10 @@ impl Engine {
             inv.nodes
                 .iter()
                 .filter(|n| {
+                    let image = target.as_ref().map_or("", |t| t.image.as_str());
                     assignments
                         .get(n.name.as_str())
-                        .map_or(n.image == target.image, |g| g.image == target.image)
+                        .map_or(n.image == image, |g| g.image == image)
                 })
                 .map(|n| n.name.to_string())
                 .collect()
@@ -320,7 +332,7 @@ impl Engine {
             names
         };
         if names.is_empty() {
-            return Err(format!("no node to roll onto {target}"));
+            return Err(format!("no node for {}", what(&target)));
         }
         let views = self.views(&names).await?;
         // Hosts a rollout never reboots.
@@ -344,10 +356,12 @@ impl Engine {
                 .find(|(ip, _)| IpAddr::V4(entry.ip) == *ip)
                 .map(|(_, why)| format!("{why} is never rebooted by a rollout"))
                 .or_else(|| {
-                    (v.booted.as_ref() == Some(&target)
-                        && assignments.get(&name) == Some(&target)
-                        && v.ready)
-                        .then(|| format!("runs {target} already"))
+                    target.as_ref().and_then(|t| {
+                        (v.booted.as_ref() == Some(t)
+                            && assignments.get(&name) == Some(t)
+                            && v.ready)
+                            .then(|| format!("runs {t} already"))
+                    })
                 });
             let canary = skip.is_none() && canaries < policy.canary;
             canaries += usize::from(canary);
@@ -392,7 +406,8 @@ impl Engine {
             .filter(|n| matches!(n.step, Step::Skipped { .. }))
             .count();
         let detail = format!(
-            "rollout {id} onto {target}: {} nodes ({skipped} skipped), canary {}, batch {}, max-unavailable {}, window {}",
+            "rollout {id} ({}): {} nodes ({skipped} skipped), canary {}, batch {}, max-unavailable {}, window {}",
+            what(&target),
             nodes.len(),
             policy.canary,
             policy.batch,
@@ -465,9 +480,9 @@ impl Engine {
             *h = a.row.clone();
         }
         let detail = format!(
-            "rollout {} onto {}: {}{}",
+            "rollout {} ({}): {}{}",
             a.row.id,
-            a.row.target,
+            what(&a.row.target),
             a.row.state,
             if a.row.reason.is_empty() {
                 String::new()
@@ -640,13 +655,17 @@ impl Engine {
                 }
             }
             Action::Switch { node, power } => {
-                // The assignment and its boot files, through the single writer.
+                // The assignment and its boot files, through the single
+                // writer (a plain reboot keeps the node's assignment).
                 let assigned = async {
+                    let Some(target) = target.clone() else {
+                        return Ok(());
+                    };
                     let held = self.boot.hold().await;
                     self.fleet
                         .ask(|reply| Command::Assign {
                             names: vec![node.clone()],
-                            target: target.clone(),
+                            target,
                             actor: actor.clone(),
                             reply,
                         })
@@ -665,7 +684,7 @@ impl Engine {
                         .move_to(
                             &node,
                             Step::Failed {
-                                reason: format!("assigning {target}: {e}"),
+                                reason: format!("assigning {}: {e}", what(&target)),
                             },
                             None,
                         )
@@ -695,7 +714,8 @@ impl Engine {
                 self.move_to(&node, Step::Rebooting { since: now, power }, None)
                     .await?;
                 self.rearm(&node, &actor).await?;
-                self.order_reboot(&node, &target, &boot_id, &actor).await;
+                let to = self.back_on(&node, views);
+                self.order_reboot(&node, to, &boot_id, &actor).await;
                 Ok(())
             }
             Action::RepeatReboot { node } => {
@@ -706,7 +726,8 @@ impl Engine {
                     .map(|n| n.boot_id.clone())
                     .unwrap_or_default();
                 self.rearm(&node, &actor).await?;
-                self.order_reboot(&node, &target, &boot_id, &actor).await;
+                let to = self.back_on(&node, views);
+                self.order_reboot(&node, to, &boot_id, &actor).await;
                 // Counted from now, so the order is not repeated every step.
                 self.move_to(
                     &node,
@@ -791,13 +812,35 @@ impl Engine {
             .map_err(|e| format!("storing {node}'s rearm: {e}"))
     }
 
+    /// The generation `node` must come back on: the rollout's target, else
+    /// its assignment, else what it runs.
+    fn back_on(&self, node: &str, views: &HashMap<String, NodeView>) -> Option<GenerationRef> {
+        let a = self.active.as_ref()?;
+        a.rollout
+            .policy
+            .target
+            .clone()
+            .or_else(|| {
+                a.rollout
+                    .nodes
+                    .iter()
+                    .find(|n| n.name == node)
+                    .and_then(|n| n.previous.clone())
+            })
+            .or_else(|| views.get(node).and_then(|v| v.booted.clone()))
+    }
+
     async fn order_reboot(
         &mut self,
         node: &str,
-        target: &GenerationRef,
+        target: Option<GenerationRef>,
         boot_id: &str,
         actor: &str,
     ) {
+        let Some(target) = target else {
+            tracing::warn!(node, "rollout: no generation to reboot towards");
+            return;
+        };
         if let Some(n) = self
             .active
             .as_mut()
@@ -809,7 +852,7 @@ impl Engine {
             .fleet
             .ask(|reply| Command::Reboot {
                 node: node.to_string(),
-                target: target.clone(),
+                target,
                 boot_id: boot_id.to_string(),
                 actor: actor.to_string(),
                 reply,
@@ -821,6 +864,14 @@ impl Engine {
             Ok(Err(e)) => tracing::warn!(node, error = %e, "rollout: reboot order not sent"),
             Err(s) => tracing::warn!(node, error = %s, "rollout: reboot order not sent"),
         }
+    }
+}
+
+/// What a rollout moves nodes to, for messages.
+pub fn what(target: &Option<GenerationRef>) -> String {
+    match target {
+        Some(t) => format!("onto {t}"),
+        None => "a reboot, each node back on its assigned generation".into(),
     }
 }
 

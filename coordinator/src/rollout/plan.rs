@@ -45,7 +45,9 @@ pub enum Order {
 /// How a rollout proceeds; fixed when it starts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
-    pub target: GenerationRef,
+    /// The generation every node moves to; `None` for a plain reboot, after
+    /// which each node must come back on the generation it is assigned.
+    pub target: Option<GenerationRef>,
     /// The first this many nodes (in order) go alone and must all be done
     /// before any batch starts.
     pub canary: usize,
@@ -498,13 +500,14 @@ fn arrived(p: &Policy, n: &RolloutNode, v: &NodeView) -> Option<Action> {
     if !v.connected || v.boot_id.is_empty() || v.boot_id == n.boot_id {
         return None;
     }
-    match &v.booted {
-        Some(g) if *g == p.target => v.ready.then(|| Action::ToDone { node: node.into() }),
-        Some(g) => Some(Action::ToFailed {
+    let want = p.target.as_ref().or(n.previous.as_ref());
+    match (&v.booted, want) {
+        (Some(g), Some(w)) if g != w => Some(Action::ToFailed {
             node: node.into(),
-            reason: format!("came back on {g}, not {}", p.target),
+            reason: format!("came back on {g}, not {w}"),
         }),
-        None => None,
+        (Some(_), _) => v.ready.then(|| Action::ToDone { node: node.into() }),
+        (None, _) => None,
     }
 }
 
@@ -540,7 +543,7 @@ mod tests {
 
     fn policy() -> Policy {
         Policy {
-            target: generation(8),
+            target: Some(generation(8)),
             canary: 0,
             batch: Amount::Count(2),
             max_unavailable: Amount::Count(2),
@@ -981,6 +984,34 @@ mod tests {
                 Action::ToDone { node: "n1".into() },
                 Action::Complete
             ]
+        );
+    }
+
+    #[test]
+    fn a_plain_reboot_expects_each_node_back_on_its_assignment() {
+        let mut p = policy();
+        p.target = None;
+        let mut r = rollout(
+            p,
+            vec![
+                node("n1", Step::Booting { since: t(0) }),
+                node("n2", Step::Booting { since: t(0) }),
+            ],
+        );
+        r.nodes[0].wave = 1;
+        r.nodes[1].wave = 1;
+        let mut f = fleet(&["n1", "n2"]);
+        // Assigned compute:7 (their `previous`): n1 is back on it, n2 is not.
+        f.insert("n1".into(), up(7, "new"));
+        f.insert("n2".into(), up(8, "new"));
+        let a = plan(&r, &f, false, t(5));
+        assert_eq!(a[0], Action::ToDone { node: "n1".into() });
+        assert_eq!(
+            a[1],
+            Action::ToFailed {
+                node: "n2".into(),
+                reason: "came back on compute:8, not compute:7".into()
+            }
         );
     }
 

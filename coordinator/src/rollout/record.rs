@@ -68,6 +68,7 @@ impl fmt::Display for Order {
 /// with `{node}` placeholders, never shell text.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicySpec {
+    /// IMAGE:GEN, or empty for a plain reboot.
     pub target: String,
     /// The node set as given, for history.
     pub nodes: String,
@@ -88,10 +89,15 @@ pub struct PolicySpec {
 impl PolicySpec {
     /// The planner's policy; an error names the field and value.
     pub fn policy(&self) -> Result<Policy, String> {
-        let target: GenerationRef = self
-            .target
-            .parse()
-            .map_err(|_| format!("target {:?} is not IMAGE:GEN", self.target))?;
+        let target: Option<GenerationRef> = if self.target.is_empty() {
+            None
+        } else {
+            Some(
+                self.target
+                    .parse()
+                    .map_err(|_| format!("target {:?} is not IMAGE:GEN", self.target))?,
+            )
+        };
         Ok(Policy {
             target,
             canary: self.canary,
@@ -233,7 +239,10 @@ mod tests {
         let back: PolicySpec = serde_json::from_str(&json).unwrap();
         assert_eq!(back, spec());
         let p = back.policy().unwrap();
-        assert_eq!(p.target.to_string(), "compute:8");
+        assert_eq!(
+            p.target.map(|t| t.to_string()).as_deref(),
+            Some("compute:8")
+        );
         assert_eq!(p.batch, Amount::Percent(25));
         assert_eq!(p.max_unavailable, Amount::Count(3));
         assert!(p.drain && !p.drained_check);
