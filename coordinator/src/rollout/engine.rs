@@ -231,12 +231,14 @@ impl Engine {
                     self.frozen_by = Some(actor.clone());
                     self.store
                         .write(Write::Setting(FROZEN.into(), Some(actor.clone())));
-                    self.record(EventKind::RebootsFrozen, "", "no new reboot starts", &actor);
+                    self.record(EventKind::RebootsFrozen, "", "no new reboot starts", &actor)
+                        .await;
                     "reboots frozen: no new reboot starts until `dfleet reboots thaw`".to_string()
                 } else {
                     self.frozen_by = None;
                     self.store.write(Write::Setting(FROZEN.into(), None));
-                    self.record(EventKind::RebootsThawed, "", "reboots may start", &actor);
+                    self.record(EventKind::RebootsThawed, "", "reboots may start", &actor)
+                        .await;
                     "reboots thawed".to_string()
                 };
                 if let Err(e) = self.store.commit().await {
@@ -248,17 +250,15 @@ impl Engine {
         }
     }
 
-    fn record(&self, kind: EventKind, node: &str, detail: impl Into<String>, actor: &str) {
-        let fleet = self.fleet.clone();
+    /// Records an event through the fleet task, in the order they happen.
+    async fn record(&self, kind: EventKind, node: &str, detail: impl Into<String>, actor: &str) {
         let cmd = Command::Record {
             kind,
             node: node.to_string(),
             detail: detail.into(),
             actor: actor.to_string(),
         };
-        tokio::spawn(async move {
-            let _ = fleet.send(cmd).await;
-        });
+        let _ = self.fleet.send(cmd).await;
     }
 
     /// Validates and stores a new rollout.
@@ -414,7 +414,8 @@ impl Engine {
             policy.max_unavailable,
             policy.window
         );
-        self.record(EventKind::Rollout, "", format!("started {detail}"), actor);
+        self.record(EventKind::Rollout, "", format!("started {detail}"), actor)
+            .await;
         self.history.push(row.clone());
         self.active = Some(Active {
             row,
@@ -490,7 +491,7 @@ impl Engine {
                 format!(" ({})", a.row.reason)
             }
         );
-        self.record(EventKind::Rollout, "", detail, actor);
+        self.record(EventKind::Rollout, "", detail, actor).await;
         self.store
             .commit()
             .await
@@ -594,7 +595,7 @@ impl Engine {
             .commit()
             .await
             .map_err(|e| format!("storing {node}'s step: {e}"))?;
-        self.record(EventKind::RolloutStep, node, detail, "");
+        self.record(EventKind::RolloutStep, node, detail, "").await;
         Ok(())
     }
 
@@ -757,7 +758,8 @@ impl Engine {
                         &node,
                         format!("undrain command: {e}; undrain it by hand"),
                         &actor,
-                    );
+                    )
+                    .await;
                 }
                 self.move_to(&node, Step::Done, None).await
             }
