@@ -469,6 +469,7 @@ impl Engine {
         let Some(a) = &mut self.active else {
             return Ok(());
         };
+        let before = (a.rollout.state.clone(), a.row.clone());
         a.rollout.state = state;
         a.row.state = state_name(&a.rollout.state).into();
         a.row.reason = match &a.rollout.state {
@@ -477,6 +478,16 @@ impl Engine {
         };
         a.row.updated_ms = Timestamp::now().as_millisecond();
         self.store.write(Write::Rollout(a.row.clone()));
+        if let Err(e) = self.store.commit().await {
+            // Not stored, so not taken.
+            if let Some(a) = &mut self.active {
+                (a.rollout.state, a.row) = before;
+            }
+            return Err(format!("storing the rollout's state: {e}"));
+        }
+        let Some(a) = &self.active else {
+            return Ok(());
+        };
         if let Some(h) = self.history.iter_mut().find(|h| h.id == a.row.id) {
             *h = a.row.clone();
         }
@@ -492,10 +503,7 @@ impl Engine {
             }
         );
         self.record(EventKind::Rollout, "", detail, actor).await;
-        self.store
-            .commit()
-            .await
-            .map_err(|e| format!("storing the rollout's state: {e}"))
+        Ok(())
     }
 
     /// The planner's view of `names`.
@@ -579,6 +587,7 @@ impl Engine {
             .enumerate()
             .find(|(_, n)| n.name == node)
             .ok_or_else(|| format!("{node} is not in rollout {id}"))?;
+        let before = (n.step.clone(), n.wave);
         n.step = step;
         if let Some(w) = wave {
             n.wave = w;
@@ -591,10 +600,17 @@ impl Engine {
             s => format!("rollout {id}: {}", s.name()),
         };
         self.store.write(Write::RolloutNode(row));
-        self.store
-            .commit()
-            .await
-            .map_err(|e| format!("storing {node}'s step: {e}"))?;
+        if let Err(e) = self.store.commit().await {
+            // Not stored, so not taken: memory stays what the store holds.
+            if let Some(n) = self
+                .active
+                .as_mut()
+                .and_then(|a| a.rollout.nodes.iter_mut().find(|n| n.name == node))
+            {
+                (n.step, n.wave) = before;
+            }
+            return Err(format!("storing {node}'s step: {e}"));
+        }
         self.record(EventKind::RolloutStep, node, detail, "").await;
         Ok(())
     }
