@@ -165,6 +165,13 @@ pub async fn run(
         // other handler checks the peer certificate itself.
         .client_auth_optional(true);
 
+    // The BMC credentials are read again at each use; a bad file is told now
+    // rather than in the middle of a rollout.
+    if let Some(path) = inv.power.as_ref().and_then(|p| p.credentials.as_ref())
+        && let Err(e) = crate::power::read_secret(path)
+    {
+        tracing::warn!("{e}: a rollout cannot power-cycle an unreachable node until it is fixed");
+    }
     let inventory_path = inv.path.clone();
     let dhcp_log = inv.boot.as_ref().and_then(|b| b.dhcp_log.clone());
     let fleet = Fleet::new(

@@ -1,6 +1,7 @@
 //! dfleet's coordinator: the daemon that owns the fleet's state (enrollment
 //! CA, agent streams, event log, metrics) and the admin CLI that talks to it.
 
+pub mod argv;
 pub mod boot;
 pub mod cli;
 pub mod client;
@@ -14,6 +15,7 @@ pub mod lab;
 pub mod metrics;
 pub mod neighbour;
 pub mod pki;
+pub mod power;
 pub mod rollout;
 pub mod server;
 pub mod store;

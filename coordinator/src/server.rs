@@ -614,6 +614,7 @@ impl Admin for Services {
             max_unavailable: or(r.max_unavailable, &batch),
             batch,
             window: r.window,
+            is_drained: r.is_drained,
             drain_cmd: r.drain_cmd,
             drained_check: r.drained_check,
             drain_timeout_s: u64::from(r.drain_timeout_seconds.max(1)),

@@ -8,6 +8,7 @@
 mod doc;
 mod network;
 mod nodes;
+mod power;
 mod sections;
 mod windows;
 
@@ -42,6 +43,8 @@ pub const DEFAULT_DHCP_ROOT: &str = "/etc/dfleet/dhcp";
 /// `*.exports` there, so the ganesha file beside them is left alone).
 pub const DEFAULT_EXPORTS_ROOT: &str = "/etc/exports.d";
 
+pub use self::power::{DEFAULT_BMC, DEFAULT_PASSWORD_ENV, DEFAULT_POWER_TIMEOUT, fill};
+
 /// A validated inventory: the cluster's settings and every node, ranges expanded.
 #[derive(Debug, Clone)]
 pub struct Inventory {
@@ -61,6 +64,8 @@ pub struct Inventory {
     pub groups: BTreeMap<String, NodeBoot>,
     /// The `[windows]` table: maintenance windows by name.
     pub windows: BTreeMap<String, Window>,
+    /// The `[power]` table; `None` when nodes cannot be power-cycled by dfleet.
+    pub power: Option<PowerConfig>,
     /// Every node in file order, each range expanded in its own order.
     pub nodes: Vec<NodeEntry>,
     by_name: HashMap<String, usize>,
@@ -143,6 +148,21 @@ pub struct CheckCommand {
     pub name: String,
     /// Program and arguments; never empty.
     pub command: Vec<String>,
+    pub timeout: Duration,
+}
+
+/// The `[power]` table: how to power-cycle a node through its BMC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PowerConfig {
+    /// An argument vector with `{node}`, `{ip}`, `{mac}`, `{bmc}` and `{user}` placeholders.
+    pub command: Vec<String>,
+    /// The BMC's host name or address, with `{node}`, `{ip}` and `{mac}` placeholders.
+    pub bmc: String,
+    /// The file holding BMC users and passwords (mode 0600, owned by the coordinator's user).
+    pub credentials: Option<PathBuf>,
+    /// The environment variable the command reads the password from.
+    pub password_env: String,
+    /// How long the command may run.
     pub timeout: Duration,
 }
 
@@ -301,6 +321,7 @@ impl Inventory {
                 "paths",
                 "groups",
                 "windows",
+                "power",
                 "nodes",
             ],
         );
@@ -313,6 +334,7 @@ impl Inventory {
         let paths = network::paths(&mut ctx, &root, nfs.as_ref());
         let groups = network::groups(&mut ctx, &root);
         let windows = windows::windows(&mut ctx, &root);
+        let power = power::power(&mut ctx, &root);
         let nodes = nodes::nodes(&mut ctx, &root, subnet, read_file);
         match cluster {
             Some(cluster) if !ctx.has_problems() => Ok(Inventory {
@@ -326,6 +348,7 @@ impl Inventory {
                 paths,
                 groups,
                 windows,
+                power,
                 nodes,
                 by_name: HashMap::new(),
                 by_mac: HashMap::new(),

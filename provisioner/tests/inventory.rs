@@ -318,7 +318,7 @@ group = ["login"]
             "cluster.toml:19: nodes[0].group: unknown key `group`; expected one of: name, mac, \
              macs, mac_file, ip, image, groups, loader, kernel_args, console, overlay_size",
             "cluster.toml:20: foo: unknown key `foo`; expected one of: cluster, enrollment, \
-             health, checks, boot, nfs, paths, groups, windows, nodes",
+             health, checks, boot, nfs, paths, groups, windows, power, nodes",
         ]
     );
 }
@@ -1442,5 +1442,80 @@ fn a_windows_table_of_the_wrong_type_is_reported() {
     assert_eq!(
         problems(&text),
         ["cluster.toml:1: windows: expected a table [windows], found string"]
+    );
+}
+
+#[test]
+fn the_power_command_is_filled_per_node_with_its_bmc() {
+    let text = format!(
+        r#"{BASE}[power]
+command = ["ipmitool", "-I", "lanplus", "-H", "{{bmc}}", "-U", "{{user}}", "-E", "chassis", "power", "cycle"]
+bmc = "{{node}}-ipmi.{{mac}}"
+credentials = "/etc/dfleet/bmc.toml"
+
+[[nodes]]
+name = "cn[01-02]"
+macs = ["52:54:00:00:00:01", "52:54:00:00:00:02"]
+ip = "10.0.0.11"
+image = "compute"
+"#
+    );
+    let inv = parse(&text).unwrap_or_else(|p| panic!("{p:#?}"));
+    let power = inv.power.as_ref().expect("a [power] table");
+    assert_eq!(power.password_env, "IPMI_PASSWORD");
+    assert_eq!(power.timeout, Duration::from_secs(60));
+    assert_eq!(
+        power.credentials.as_deref(),
+        Some(Path::new("/etc/dfleet/bmc.toml"))
+    );
+    let cn02 = inv.node("cn02").unwrap();
+    let bmc = power.bmc_for(cn02);
+    assert_eq!(bmc, "cn02-ipmi.52:54:00:00:00:02");
+    assert_eq!(
+        power.argv_for(cn02, &bmc, "admin").join(" "),
+        "ipmitool -I lanplus -H cn02-ipmi.52:54:00:00:00:02 -U admin -E chassis power cycle"
+    );
+    let plain = parse(&format!(
+        "{BASE}[power]\ncommand = [\"/usr/local/sbin/cycle\", \"{{node}}\"]\n"
+    ))
+    .unwrap_or_else(|p| panic!("{p:#?}"));
+    assert_eq!(plain.power.unwrap().bmc, "{node}-bmc");
+    assert!(parse(BASE).unwrap().power.is_none());
+}
+
+#[test]
+fn a_bad_power_table_is_reported_and_the_password_never_goes_on_its_command_line() {
+    let text = format!(
+        r#"{BASE}[power]
+command = ["ipmitool", "-H", "{{bmc}}", "-P", "{{password}}",
+           "{{host}}"]
+bmc = "{{bmc}}"
+credentials = "bmc.toml"
+password_env = "ipmi-password"
+timeout = "0s"
+user = "root"
+"#
+    );
+    assert_eq!(
+        problems(&text),
+        [
+            "cluster.toml:6: power.command[4]: the BMC password is never put on a command line \
+             (any user can read a process's arguments): it is passed in the environment \
+             variable named by password_env (ipmitool -E reads IPMI_PASSWORD)",
+            "cluster.toml:7: power.command[5]: unknown placeholder {host} in \"{host}\": \
+             expected {node}, {ip}, {mac}, {bmc}, {user}",
+            "cluster.toml:8: power.bmc: unknown placeholder {bmc} in \"{bmc}\": expected \
+             {node}, {ip}, {mac}",
+            "cluster.toml:9: power.credentials: expected an absolute path, found \"bmc.toml\"",
+            "cluster.toml:10: power.password_env: invalid environment variable name \
+             \"ipmi-password\": expected capital letters, digits and '_'",
+            "cluster.toml:11: power.timeout: must be between 1s and 1h, found \"0s\"",
+            "cluster.toml:12: power.user: unknown key `user`; expected one of: command, bmc, \
+             credentials, password_env, timeout",
+        ]
+    );
+    assert_eq!(
+        problems(&format!("{BASE}[power]\ncommand = []\n")),
+        ["cluster.toml:6: power.command: must name at least the program to run"]
     );
 }

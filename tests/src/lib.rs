@@ -324,12 +324,17 @@ pub struct Boot {
 /// `pxelinux.cfg/01-<mac>` names, as PXE would: a fresh sandbox boot (new
 /// boot id, empty upper layer, per-boot host keys) and a new agent, which
 /// enrolls again. Every boot is appended to `boots`.
+///
+/// Its health check `dfleet-test-health` (for an inventory's `[[checks]]`)
+/// fails on a generation listed in the file `broken-generations` beside the
+/// node's root: a broken image.
 pub struct SimNode {
     pub node: TestNode,
     pub root: PathBuf,
     /// Set to stop the node from coming back after its next reboot (a node
-    /// that never boots again).
+    /// that stays off until [`SimNode::power_on`]).
     pub stay_down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    power: std::sync::Arc<tokio::sync::Notify>,
     task: tokio::task::JoinHandle<Result<()>>,
 }
 
@@ -345,6 +350,7 @@ impl SimNode {
         boots: std::sync::Arc<std::sync::Mutex<Vec<Boot>>>,
     ) -> Result<SimNode> {
         let stay_down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let power = std::sync::Arc::new(tokio::sync::Notify::new());
         let mut agent = sim_boot(target, node, root, generation, &boots).await?;
         let (t, n, r, m) = (
             target.clone(),
@@ -353,12 +359,13 @@ impl SimNode {
             tftp.join("pxelinux.cfg")
                 .join(format!("01-{}", node.mac.replace(':', "-"))),
         );
-        let down = stay_down.clone();
+        let (down, on) = (stay_down.clone(), power.clone());
         let task = tokio::spawn(async move {
             loop {
                 agent.exited().await?;
-                if down.load(std::sync::atomic::Ordering::SeqCst) {
-                    return Ok(());
+                if down.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                    // Off until its power button is pressed.
+                    on.notified().await;
                 }
                 let menu = std::fs::read_to_string(&m).with_context(|| {
                     format!("{} rebooted without a menu {}", n.name, m.display())
@@ -375,8 +382,14 @@ impl SimNode {
             node: node.clone(),
             root: root.to_path_buf(),
             stay_down,
+            power,
             task,
         })
+    }
+
+    /// Powers on a node that stayed down: it boots what its menu names.
+    pub fn power_on(&self) {
+        self.power.notify_one();
     }
 
     /// Stops the node's reboot loop (its agent is killed with the task).
@@ -407,6 +420,19 @@ async fn sim_boot(
     )?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+    let health = root.join("usr/local/sbin/dfleet-test-health");
+    let broken = root
+        .parent()
+        .context("a parent")?
+        .join("broken-generations");
+    std::fs::write(
+        &health,
+        format!(
+            "#!/bin/sh\n# Fails on a generation listed as broken.\n! grep -qxF '{generation}' '{}'\n",
+            broken.display()
+        ),
+    )?;
+    std::fs::set_permissions(&health, std::fs::Permissions::from_mode(0o755))?;
     boots.lock().expect("boots").push(Boot {
         node: node.name.clone(),
         generation: generation.to_string(),

@@ -73,10 +73,16 @@ struct Sim {
 }
 
 async fn simulated(k: u8, count: u8) -> Result<Sim> {
+    simulated_with(k, count, |_| String::new()).await
+}
+
+/// [`simulated`] with more inventory, made from the test's directory.
+async fn simulated_with(k: u8, count: u8, more: impl Fn(&Path) -> String) -> Result<Sim> {
     init();
     let dir = tempfile::tempdir()?;
     let ns = nodes(k, count);
-    let c = Coordinator::start(dir.path(), &setup(dir.path(), &ns, k)?).await?;
+    let toml = setup(dir.path(), &ns, k)? + &more(dir.path());
+    let c = Coordinator::start(dir.path(), &toml).await?;
     let mut events = c.watch().await?;
     let boots = Arc::new(Mutex::new(Vec::new()));
     let sims = boot_fleet(&c, &mut events, dir.path(), &ns, "compute:7", &boots).await?;
@@ -595,6 +601,184 @@ async fn node_reboot_brings_each_node_back_on_its_assignment() -> Result<()> {
     assert!(
         text.contains("(reboot): completed") && text.contains("2 done"),
         "{text}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_canary_stops_the_rollout_and_abort_keeps_the_rest_on_their_generation()
+-> Result<()> {
+    let Sim {
+        dir,
+        ns,
+        c,
+        mut events,
+        boots,
+        sims: _sims,
+    } = simulated_with(37, 4, |_| {
+        "\n[[checks]]\nname = \"health\"\ncommand = [\"dfleet-test-health\"]\n".to_string()
+    })
+    .await?;
+    // compute:8 is broken: a node booted on it never passes its health check.
+    std::fs::write(dir.path().join("broken-generations"), "compute:8\n")?;
+    c.cli(&[
+        "rollout",
+        "start",
+        "compute:8",
+        "--canary",
+        "1",
+        "--batch",
+        "3",
+        "--order",
+        "name",
+        "--ready-timeout",
+        "5s",
+    ])
+    .await?;
+    let e = node_failed(&mut events, "cn01").await?;
+    assert!(
+        e.detail.contains("on compute:8 but not ready"),
+        "{}",
+        e.detail
+    );
+    let e = rollout_event(&mut events, "paused").await?;
+    assert!(e.detail.contains("canary cn01 failed"), "{}", e.detail);
+    let steps = node_steps(&c).await?;
+    for n in ["cn02", "cn03", "cn04"] {
+        assert_eq!(steps[n].0, "pending", "{steps:?}");
+    }
+
+    c.cli(&["rollout", "abort"]).await?;
+    rollout_event(&mut events, "aborted").await?;
+    let boots = boots.lock().unwrap().clone();
+    assert_eq!(booted(&boots, "cn01"), ["compute:7", "compute:8"]);
+    for n in &ns[1..] {
+        assert_eq!(booted(&boots, &n.name), ["compute:7"], "{}", n.name);
+        let menu = dir
+            .path()
+            .join("tftp/pxelinux.cfg")
+            .join(format!("01-{}", n.mac.replace(':', "-")));
+        let menu = std::fs::read_to_string(&menu)?;
+        assert!(
+            menu.split_whitespace()
+                .any(|w| w == "dfleet.generation=compute:7"),
+            "{menu}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_node_is_power_cycled_and_only_nodes_the_rollout_drained_are_undrained()
+-> Result<()> {
+    // The power "BMC" records its arguments and the password it was given.
+    let power = |dir: &Path| {
+        let script = dir.join("bmc.sh");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\nprintf '%s\\n' \"$@\" \"password=$TEST_BMC_PASSWORD\" > \"$0.$5.log\"\n",
+        )
+        .expect("the BMC script");
+        let creds = dir.join("bmc.toml");
+        std::fs::write(
+            &creds,
+            "user = \"ADMIN\"\npassword = \"hunter2\"\n[nodes.\"cn[02-03]\"]\nuser = \"root\"\n",
+        )
+        .expect("the credentials");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        format!(
+            "\n[power]\ncommand = [\"{}\", \"-H\", \"{{bmc}}\", \"-U\", \"{{user}}\", \"{{node}}\", \"cycle\"]\n\
+             bmc = \"{{node}}-ipmi\"\ncredentials = \"{}\"\npassword_env = \"TEST_BMC_PASSWORD\"\n",
+            script.display(),
+            creds.display()
+        )
+    };
+    let Sim {
+        dir,
+        ns: _ns,
+        c,
+        mut events,
+        boots,
+        sims,
+    } = simulated_with(38, 3, power).await?;
+    // cn02 goes down and stays off until its BMC powers it on.
+    sims[1]
+        .stay_down
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    c.cli(&[
+        "node",
+        "reboot",
+        "cn02",
+        "--ready-timeout",
+        "1s",
+        "--max-failures",
+        "1",
+    ])
+    .await?;
+    node_failed(&mut events, "cn02").await?;
+    rollout_event(&mut events, "completed").await?;
+    // cn03 was drained by the admins before: it stays drained.
+    let mark = |n: &str| dir.path().join(format!("drained-{n}"));
+    std::fs::write(mark("cn03"), "by hand\n")?;
+    let flag = |n: &str| format!("{}-{{node}}", dir.path().join(n).display());
+    c.cli(&[
+        "rollout",
+        "start",
+        "compute:8",
+        "--batch",
+        "3",
+        "--order",
+        "name",
+        "--is-drained",
+        &format!("test -e {}", flag("drained")),
+        "--drain-cmd",
+        &format!("touch {}", flag("drained")),
+        "--undrain-cmd",
+        &format!("rm {}", flag("drained")),
+    ])
+    .await?;
+    let e = events
+        .wait_for("cn02 power-cycled", |e| {
+            e.kind == EventKind::RolloutStep && e.node == "cn02" && e.detail.contains("power")
+        })
+        .await?;
+    assert!(
+        e.detail.contains("-H cn02-ipmi -U root cn02 cycle"),
+        "{}",
+        e.detail
+    );
+    assert!(!e.detail.contains("hunter2"), "{}", e.detail);
+    let log = std::fs::read_to_string(dir.path().join("bmc.sh.cn02.log"))?;
+    assert_eq!(
+        log.lines().collect::<Vec<_>>(),
+        [
+            "-H",
+            "cn02-ipmi",
+            "-U",
+            "root",
+            "cn02",
+            "cycle",
+            "password=hunter2"
+        ]
+    );
+    sims[1].power_on();
+    rollout_event(&mut events, "completed").await?;
+    let steps = node_steps(&c).await?;
+    for n in ["cn01", "cn02", "cn03"] {
+        assert_eq!(steps[n].0, "done", "{steps:?}");
+    }
+    let boots = boots.lock().unwrap().clone();
+    assert_eq!(booted(&boots, "cn02"), ["compute:7", "compute:8"]);
+    // The rollout undrained what it drained, and left cn03 as it found it.
+    assert!(!mark("cn01").exists() && !mark("cn02").exists());
+    assert_eq!(std::fs::read_to_string(mark("cn03"))?, "by hand\n");
+    let e = all_events(&c).await?;
+    assert!(
+        e.iter()
+            .any(|e| e.node == "cn03" && e.detail.contains("drained before the rollout")),
+        "no event says cn03 was drained before"
     );
     Ok(())
 }

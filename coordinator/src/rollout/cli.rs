@@ -67,6 +67,11 @@ pub struct RolloutFlags {
     /// nodes start only while it is open.
     #[arg(long)]
     window: Option<String>,
+    /// Command that exits 0 when a node is drained already (by someone
+    /// else), run before draining it: such a node is neither drained nor
+    /// undrained by the rollout.
+    #[arg(long)]
+    is_drained: Option<String>,
     /// Command that drains a node, {node} replaced by its name; split like
     /// a shell would split it, but never run through one.
     #[arg(long)]
@@ -206,6 +211,7 @@ fn request(
         batch: f.batch.clone(),
         max_unavailable: f.max_unavailable.clone().unwrap_or_default(),
         window: f.window.clone().unwrap_or_default(),
+        is_drained: argv("--is-drained", &f.is_drained)?,
         drain_cmd: argv("--drain-cmd", &f.drain_cmd)?,
         drained_check: argv("--drained-check", &f.drained_check)?,
         drain_timeout_seconds: seconds("--drain-timeout", &f.drain_timeout)?,

@@ -630,13 +630,49 @@ impl Engine {
                 if spec.drain_cmd.is_empty() {
                     return self.move_to(&node, Step::Switching, Some(wave)).await;
                 }
-                self.active
-                    .as_mut()
-                    .expect("active")
-                    .drained
-                    .insert(node.clone());
+                // A node drained by someone else stays so after the rollout.
+                let before = if spec.is_drained.is_empty() {
+                    Ok(false)
+                } else {
+                    exits_zero(&command_for(&spec.is_drained, &node)).await
+                };
+                let before = match before {
+                    Ok(b) => b,
+                    Err(e) => {
+                        return self
+                            .move_to(
+                                &node,
+                                Step::Failed {
+                                    reason: format!("is-drained command: {e}"),
+                                },
+                                Some(wave),
+                            )
+                            .await;
+                    }
+                };
+                if before {
+                    self.record(
+                        EventKind::RolloutStep,
+                        &node,
+                        "drained before the rollout: not drained again, nor undrained after",
+                        &actor,
+                    )
+                    .await;
+                } else {
+                    self.active
+                        .as_mut()
+                        .expect("active")
+                        .drained
+                        .insert(node.clone());
+                }
                 self.move_to(&node, Step::Draining { since: now }, Some(wave))
                     .await?;
+                if before {
+                    if spec.drained_check.is_empty() {
+                        return self.move_to(&node, Step::Switching, None).await;
+                    }
+                    return Ok(());
+                }
                 if let Err(e) = run(&command_for(&spec.drain_cmd, &node)).await {
                     return self
                         .move_to(
@@ -707,17 +743,8 @@ impl Engine {
                         )
                         .await;
                 }
-                if power {
-                    return self
-                        .move_to(
-                            &node,
-                            Step::Failed {
-                                reason: "unreachable, and no power command is configured".into(),
-                            },
-                            None,
-                        )
-                        .await;
-                }
+                // The boot being ended: the node is back once it reports
+                // another one.
                 let boot_id = views
                     .get(&node)
                     .map(|v| v.boot_id.clone())
@@ -727,6 +754,9 @@ impl Engine {
                     if let Some(n) = a.rollout.nodes.iter_mut().find(|n| n.name == node) {
                         n.boot_id = boot_id.clone();
                     }
+                }
+                if power {
+                    return self.power_cycle(&node, now, &actor).await;
                 }
                 self.move_to(&node, Step::Rebooting { since: now, power }, None)
                     .await?;
@@ -848,6 +878,57 @@ impl Engine {
             .or_else(|| views.get(node).and_then(|v| v.booted.clone()))
     }
 
+    /// Reboots an unreachable node with the inventory's power command: the
+    /// step is stored first, so a restart never runs it twice for one step.
+    async fn power_cycle(&mut self, node: &str, now: Timestamp, actor: &str) -> Result<(), String> {
+        let order = match self.fleet.ask(|reply| Command::BootInputs { reply }).await {
+            Ok((inv, _)) => match (&inv.power, inv.node(node)) {
+                (Some(config), Some(entry)) => crate::power::order_for(config, entry),
+                (None, _) => Err("unreachable, and no [power] command is configured".into()),
+                (_, None) => Err("no longer in the inventory".into()),
+            },
+            Err(s) => Err(s.message().to_string()),
+        };
+        let order = match order {
+            Ok(o) => o,
+            Err(reason) => {
+                return self.move_to(node, Step::Failed { reason }, None).await;
+            }
+        };
+        self.move_to(
+            node,
+            Step::Rebooting {
+                since: now,
+                power: true,
+            },
+            None,
+        )
+        .await?;
+        self.rearm(node, actor).await?;
+        match crate::power::run(&order).await {
+            Ok(()) => {
+                self.record(
+                    EventKind::RolloutStep,
+                    node,
+                    format!("unreachable: power-cycled with `{}`", order.shown()),
+                    actor,
+                )
+                .await;
+                Ok(())
+            }
+            Err(e) => {
+                self.move_to(
+                    node,
+                    Step::Failed {
+                        reason: format!("unreachable, and the power command failed: {e}"),
+                    },
+                    None,
+                )
+                .await
+            }
+        }
+    }
+
     async fn order_reboot(
         &mut self,
         node: &str,
@@ -958,28 +1039,14 @@ fn rows(a: &Active) -> Vec<RolloutNodeRow> {
         .collect()
 }
 
-/// Runs an argument vector (never through a shell) to completion.
+/// Whether `argv` exits 0 (true) or with another status (false).
+async fn exits_zero(argv: &[String]) -> Result<bool, String> {
+    let o = crate::argv::output(argv, None, COMMAND_TIMEOUT).await?;
+    Ok(o.status.success())
+}
+
+/// Runs an argument vector (never through a shell); an error unless it
+/// exits 0.
 async fn run(argv: &[String]) -> Result<(), String> {
-    let Some((program, args)) = argv.split_first() else {
-        return Err("empty command".into());
-    };
-    let shown = argv.join(" ");
-    let out = tokio::process::Command::new(program)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    match tokio::time::timeout(COMMAND_TIMEOUT, out).await {
-        Ok(Ok(o)) if o.status.success() => Ok(()),
-        Ok(Ok(o)) => Err(format!(
-            "{shown}: {} {}",
-            o.status,
-            String::from_utf8_lossy(&o.stderr).trim()
-        )),
-        Ok(Err(e)) => Err(format!("{shown}: {e}")),
-        Err(_) => Err(format!(
-            "{shown}: no answer after {}s",
-            COMMAND_TIMEOUT.as_secs()
-        )),
-    }
+    crate::argv::succeed(argv, None, COMMAND_TIMEOUT).await
 }

@@ -77,6 +77,10 @@ pub struct PolicySpec {
     pub max_unavailable: String,
     /// The window's text (a named window resolved when the rollout started).
     pub window: String,
+    /// Exits 0 when the node is drained already (then the rollout neither
+    /// drains nor undrains it).
+    #[serde(default)]
+    pub is_drained: Vec<String>,
     pub drain_cmd: Vec<String>,
     pub drained_check: Vec<String>,
     pub drain_timeout_s: u64,
@@ -89,6 +93,17 @@ pub struct PolicySpec {
 impl PolicySpec {
     /// The planner's policy; an error names the field and value.
     pub fn policy(&self) -> Result<Policy, String> {
+        if self.drain_cmd.is_empty() {
+            for (flag, argv) in [
+                ("--is-drained", &self.is_drained),
+                ("--drained-check", &self.drained_check),
+                ("--undrain-cmd", &self.undrain_cmd),
+            ] {
+                if !argv.is_empty() {
+                    return Err(format!("{flag} needs --drain-cmd"));
+                }
+            }
+        }
         let target: Option<GenerationRef> = if self.target.is_empty() {
             None
         } else {
@@ -215,6 +230,7 @@ mod tests {
                 "state=drain".into(),
             ],
             drained_check: vec![],
+            is_drained: vec![],
             drain_timeout_s: 3600,
             undrain_cmd: vec![],
             ready_timeout_s: 900,
@@ -254,6 +270,15 @@ mod tests {
         let mut bad = spec();
         bad.order = "random".into();
         assert!(bad.policy().unwrap_err().contains("random"));
+        // Checks and undrains without a drain command would never run.
+        let mut bad = spec();
+        bad.drain_cmd.clear();
+        bad.is_drained = vec!["true".into()];
+        assert_eq!(bad.policy().unwrap_err(), "--is-drained needs --drain-cmd");
+        // A policy stored before --is-drained existed still reads.
+        let old = json.replace(",\"is_drained\":[]", "");
+        assert_ne!(old, json);
+        assert_eq!(serde_json::from_str::<PolicySpec>(&old).unwrap(), spec());
     }
 
     #[test]

@@ -182,6 +182,27 @@ impl<'p> Ctx<'p> {
         ok.then_some(out)
     }
 
+    /// Reads array `key` of `table` as a command's argument vector: strings, at least the
+    /// program's.
+    pub(super) fn argv(
+        &mut self,
+        table: &Table<'_, '_>,
+        key: &str,
+        need: Need,
+    ) -> Option<Vec<(String, Range<usize>)>> {
+        let words = self.list(table, key, need, non_empty_string)?;
+        if words.is_empty() {
+            let span = table.get(key).map(|v| v.span()).unwrap_or_default();
+            self.report(
+                &span,
+                table.field(key),
+                "must name at least the program to run",
+            );
+            return None;
+        }
+        Some(words)
+    }
+
     /// The sub-table `key` of `parent`, reporting it if it is missing and required, or not a table.
     pub(super) fn table<'t, 'i>(
         &mut self,

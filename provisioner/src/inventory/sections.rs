@@ -178,14 +178,7 @@ pub(super) fn checks(ctx: &mut Ctx<'_>, root: &Table<'_, '_>) -> Vec<CheckComman
     for t in ctx.tables(root, "checks").into_iter().flatten() {
         t.check_keys(ctx, &["name", "command", "timeout"]);
         let name = ctx.read(&t, "name", Need::Required, doc::non_empty_string);
-        let command = ctx.list(&t, "command", Need::Required, doc::non_empty_string);
-        if let (Some([]), Some(value)) = (command.as_deref(), t.get("command")) {
-            ctx.report(
-                &value.span(),
-                t.field("command"),
-                "must name at least the program to run",
-            );
-        }
+        let command = ctx.argv(&t, "command", Need::Required);
         let timeout = ctx
             .read(
                 &t,
