@@ -586,6 +586,12 @@ async fn node_reboot_brings_each_node_back_on_its_assignment() -> Result<()> {
         out.contains("a reboot, each node back on its assigned generation"),
         "{out}"
     );
+    // `rollout wait` follows it to its end, printing each step.
+    let waited = c.cli(&["rollout", "wait", "--timeout", "5m"]).await?;
+    assert!(
+        waited.contains("cn02: rollout 1: done") && waited.contains("2 done"),
+        "{waited}"
+    );
     rollout_event(&mut events, "completed").await?;
     let boots = boots.lock().unwrap().clone();
     for n in &ns {
@@ -643,6 +649,11 @@ async fn a_failing_canary_stops_the_rollout_and_abort_keeps_the_rest_on_their_ge
     );
     let e = rollout_event(&mut events, "paused").await?;
     assert!(e.detail.contains("canary cn01 failed"), "{}", e.detail);
+    let waited = c.cli_err(&["rollout", "wait"]).await?;
+    assert!(
+        waited.contains("rollout 1 (compute:8) is paused: canary cn01 failed"),
+        "{waited}"
+    );
     let steps = node_steps(&c).await?;
     for n in ["cn02", "cn03", "cn04"] {
         assert_eq!(steps[n].0, "pending", "{steps:?}");

@@ -27,6 +27,14 @@ pub enum RolloutCommand {
     Abort,
     /// Every rollout, newest first.
     History,
+    /// Follow the current rollout, printing each step, until it completes
+    /// (exit 0), pauses or is aborted (exit 1), or the timeout passes.
+    Wait {
+        /// How long to wait at most, e.g. "30m" (default: as long as it
+        /// takes).
+        #[arg(long)]
+        timeout: Option<String>,
+    },
 }
 
 /// What `rollout start` takes.
@@ -169,6 +177,19 @@ pub async fn rollout(cli: &Cli, command: &RolloutCommand) -> Result<()> {
                 .map_err(status_err)?;
             println!("{}", r.into_inner().detail);
         }
+        RolloutCommand::Wait { timeout } => {
+            let wait = wait(&mut c);
+            match timeout {
+                None => wait.await?,
+                Some(t) => {
+                    let limit = dfleet_provisioner::duration::parse_duration(t)
+                        .map_err(|e| anyhow::anyhow!("--timeout {t:?}: {e}"))?;
+                    tokio::time::timeout(limit, wait).await.map_err(|_| {
+                        anyhow::anyhow!("the rollout is still under way after {t}")
+                    })??;
+                }
+            }
+        }
         RolloutCommand::History => {
             let r = c
                 .rollout_history(pb::RolloutHistoryRequest {})
@@ -196,6 +217,67 @@ pub async fn rollout(cli: &Cli, command: &RolloutCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Follows the rollout's events until it ends: Ok once completed, an error
+/// naming the state and reason once paused or aborted.
+async fn wait(
+    c: &mut dfleet_proto::pb::admin_client::AdminClient<tonic::transport::Channel>,
+) -> Result<()> {
+    // Subscribed before the first look, so no change falls between the two.
+    let mut events = c
+        .events(pb::EventsRequest {
+            after_id: 0,
+            follow: true,
+            last: 1,
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    loop {
+        let r = c
+            .rollout_status(pb::RolloutStatusRequest {})
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        let Some(i) = &r.rollout else {
+            bail!("no rollout has run");
+        };
+        match i.state.as_str() {
+            "completed" => {
+                print!("{}", status_text(&r));
+                return Ok(());
+            }
+            "paused" | "aborted" => {
+                print!("{}", status_text(&r));
+                bail!(
+                    "rollout {} ({}) is {}: {}",
+                    i.id,
+                    target_text(i),
+                    i.state,
+                    i.reason
+                );
+            }
+            _ => {}
+        }
+        // The next event that may change it.
+        loop {
+            let Some(e) = events.message().await.map_err(status_err)? else {
+                bail!("the coordinator ended the event stream");
+            };
+            let e = dfleet_proto::domain::Event::try_from(e)?;
+            match e.kind {
+                dfleet_proto::domain::EventKind::RolloutStep => {
+                    println!("{}", crate::cli::event_line(&e));
+                }
+                dfleet_proto::domain::EventKind::Rollout => {
+                    println!("{}", crate::cli::event_line(&e));
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 /// The request for a rollout onto `target`, or a plain reboot (`None`).
