@@ -2,7 +2,7 @@
 //! the lab image over the network (dnsmasq DHCP and TFTP, pxelinux, kernel
 //! and initramfs with dfleet's dracut module, NFSv3 from nfs-ganesha as the
 //! read-only lower layer, tmpfs upper, systemd, the agent enrolling over
-//! mTLS). One lab session serves every scenario, in order, with three boots
+//! mTLS). One lab session serves every scenario, in order, with four boots
 //! in all:
 //! 1. both nodes reach multi-user on the overlay root; lab01's NFS root is
 //!    mounted by the distribution's nfs module, lab02's by dfleet's own path
@@ -16,7 +16,11 @@
 //!    after its initramfs's DHCP lease with the mount error, the coordinator
 //!    keeps answering, and once the server is back lab02 boots and lab01
 //!    (which runs from the same server) is ready again;
-//! 5. `dfleet lab down` leaves no process, mount or namespace behind.
+//! 5. a generation lab:2 is made (`image edit`, a change, `image publish`)
+//!    and a rollout moves both nodes onto it: each is ordered to reboot by
+//!    the coordinator, PXE-boots lab:2's menu, mounts lab:2's export and
+//!    reports it, and the rollout completes (`dfleet rollout wait`);
+//! 6. `dfleet lab down` leaves no process, mount or namespace behind.
 //!
 //! Runs as root, last and alone (test group `lab`); the lab directory is
 //! fixed (`DFLEET_TEST_LAB_DIR`, default /var/tmp/dfleet-tests-lab) so a run
@@ -92,6 +96,27 @@ fn admin(dir: &Path, args: &[&str]) -> Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// `dfleet image ARGS…` on the lab's image store, talking to its coordinator.
+fn image(dir: &Path, args: &[&str]) -> Result<String> {
+    let o = std::process::Command::new(bin("dfleet"))
+        .arg("--socket")
+        .arg(dir.join("admin.sock"))
+        .arg("image")
+        .arg("--config")
+        .arg(dir.join("cluster.toml"))
+        .args(args)
+        .output()?;
+    if !o.status.success() {
+        bail!(
+            "dfleet image {} failed ({}):\n{}",
+            args.join(" "),
+            o.status,
+            text(&o)
+        );
+    }
+    Ok(text(&o))
 }
 
 /// The lab's view: `dfleet lab status --json` (it exits 1 while a node is
@@ -372,7 +397,67 @@ fn two_nodes_boot_over_the_network_onto_the_overlay_root() -> Result<()> {
     let one = coordinator_node(&dir, "lab01")?;
     assert_eq!(one["ready"], true, "{one}");
 
-    // ---- 5. down leaves nothing behind
+    // ---- 5. a rollout onto lab:2
+    image(&dir, &["edit", "lab"])?;
+    image(
+        &dir,
+        &[
+            "exec",
+            "lab",
+            "--",
+            "sh",
+            "-c",
+            "echo 'lab release 2' > /etc/dfleet-lab-release",
+        ],
+    )?;
+    eprintln!("{}", image(&dir, &["publish", "lab"])?);
+    let started = admin(
+        &dir,
+        &[
+            "rollout",
+            "start",
+            "lab:2",
+            "--batch",
+            "2",
+            "--order",
+            "name",
+            "--ready-timeout",
+            "15m",
+        ],
+    )?;
+    eprintln!("{started}");
+    // Exits 0 only once both nodes are done: back on lab:2 and ready.
+    let waited = admin(&dir, &["rollout", "wait", "--timeout", "20m"])?;
+    eprintln!("{waited}");
+    assert!(waited.contains("2 done"), "{waited}");
+    let export2 = format!("10.77.0.1:{}/images/lab/2", dir.display());
+    for name in NODES {
+        let c = coordinator_node(&dir, name)?;
+        assert_eq!(c["ready"], true, "{c}");
+        assert_eq!(c["report"]["booted"]["stamp"]["generation"], 2, "{c}");
+        assert_eq!(
+            c["report"]["booted"]["lower_source"],
+            export2.as_str(),
+            "{c}"
+        );
+        let n = lab_status(&dir, name)?;
+        assert_eq!(n["phase"], "ready", "{n}");
+        let lower: Vec<&str> = marker(&n, "LOWER")?.split_whitespace().collect();
+        assert_eq!(lower[0], export2, "{name} did not boot lab:2's export: {n}");
+        let menu_arg = marker(&n, "CMDLINE")?
+            .split_whitespace()
+            .any(|a| a == "dfleet.generation=lab:2");
+        assert!(menu_arg, "{name} did not boot lab:2's menu: {n}");
+    }
+    let events = admin(&dir, &["events", "--last", "200"])?;
+    for name in NODES {
+        assert!(
+            events.contains(&format!("{name}: reboot of boot")),
+            "{name} was not ordered to reboot by the rollout:\n{events}"
+        );
+    }
+
+    // ---- 6. down leaves nothing behind
     let pids = std::fs::read_to_string(dir.join("pids"))?;
     let netns = std::fs::read_to_string(dir.join("netns"))?
         .trim()
