@@ -66,6 +66,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Expand, fold or count a node set (`cn[01-04]`, `@group`,
+    /// `@state:ready`, `@gen:IMAGE:GEN`, joined with , ! & ^).
+    Nodeset(crate::nodesets::NodeSetArgs),
     /// Commands about single nodes.
     Node {
         #[command(subcommand)]
@@ -81,6 +84,17 @@ pub enum Command {
         /// Start this many events back.
         #[arg(long, default_value_t = 50)]
         last: u32,
+    },
+    /// Run a command on every node of a set over the agents' streams.
+    Exec(crate::exec::cli::ExecArgs),
+    /// What administrators did: every event with a person behind it (exec,
+    /// assign, approve, rollouts, reload…), with who and when.
+    Audit {
+        /// Only since this long ago, e.g. "1h", "7d".
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        json: bool,
     },
     /// A live view of the fleet, fullest overlay first.
     Top {
@@ -243,6 +257,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Events { follow, json, last } => events(&cli, *follow, *json, *last).await,
         Command::Top { interval, once } => top(&cli, *interval, *once).await,
         Command::Pxe { command } => pxe(&cli, command).await,
+        Command::Nodeset(args) => crate::nodesets::run(&cli, args).await,
+        Command::Exec(args) => crate::exec::cli::run(&cli, args).await,
+        Command::Audit { since, json } => audit(&cli, since.as_deref(), *json).await,
         Command::Rollout { command } => crate::rollout::cli::rollout(&cli, command).await,
         Command::Reboots { command } => crate::rollout::cli::reboots(&cli, command).await,
         // main runs these before the runtime starts (they need their exit
@@ -482,6 +499,45 @@ async fn events(cli: &Cli, follow: bool, json: bool, last: u32) -> Result<()> {
         .into_inner();
     while let Some(e) = stream.message().await.map_err(status_err)? {
         let e = Event::try_from(e).context("reading an event")?;
+        if json {
+            println!("{}", serde_json::to_string(&e)?);
+        } else {
+            println!("{}", event_line(&e));
+        }
+    }
+    Ok(())
+}
+
+/// Whether an event's actor is a person: a uid on the admin socket or an
+/// admin certificate (not a node, not the coordinator itself).
+pub fn is_audited(e: &Event) -> bool {
+    e.actor.starts_with("uid:") || e.actor.starts_with("admin:")
+}
+
+async fn audit(cli: &Cli, since: Option<&str>, json: bool) -> Result<()> {
+    let from_ms = match since {
+        None => i64::MIN,
+        Some(s) => {
+            let d = dfleet_provisioner::duration::parse_duration(s)
+                .map_err(|e| anyhow::anyhow!("--since {s:?}: {e}"))?;
+            crate::fleet::now_ms() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+        }
+    };
+    let mut c = client::connect(&cli.target()?).await?;
+    let mut stream = c
+        .events(pb::EventsRequest {
+            after_id: 0,
+            follow: false,
+            last: u32::MAX,
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    while let Some(e) = stream.message().await.map_err(status_err)? {
+        let e = Event::try_from(e).context("reading an event")?;
+        if e.at_unix_ms < from_ms || !is_audited(&e) {
+            continue;
+        }
         if json {
             println!("{}", serde_json::to_string(&e)?);
         } else {

@@ -200,6 +200,7 @@ pub async fn run(
         ca_der: ca.cert_der().to_vec(),
         boot,
         rollouts: engine,
+        exec: crate::exec::ExecRouter::default(),
     };
 
     let bound = Bound {

@@ -39,6 +39,9 @@ pub const ADMIN_CERT_LIFETIME: Duration = Duration::from_secs(7 * 86400);
 
 pub type Outbound = mpsc::Sender<Result<pb::CoordinatorMessage, Status>>;
 
+/// A node an exec runs on, with its stream when it is connected.
+pub type ExecTarget = (String, Option<(u64, Outbound)>);
+
 /// An enrollment request as the RPC edge saw it.
 #[derive(Debug, Clone)]
 pub struct EnrollInput {
@@ -229,6 +232,18 @@ pub enum Command {
         actor: String,
         reply: oneshot::Sender<Result<String, String>>,
     },
+    /// The names of a node set, `@…` groups resolved from the inventory and
+    /// the fleet's state (see [`FleetGroups`]).
+    Resolve {
+        set: String,
+        reply: oneshot::Sender<Result<Vec<String>, String>>,
+    },
+    /// An order id for an exec, and the stream of each of `names` that has
+    /// one: (node, Some((connection id, its outbound channel))).
+    ExecTargets {
+        names: Vec<String>,
+        reply: oneshot::Sender<(u64, Vec<ExecTarget>)>,
+    },
     /// What boot-file rendering needs: the inventory and the assignments.
     BootInputs {
         reply: oneshot::Sender<(Arc<Inventory>, HashMap<String, GenerationRef>)>,
@@ -313,6 +328,17 @@ impl FleetHandle {
         self.send(make(tx)).await?;
         rx.await
             .map_err(|_| Status::unavailable("the coordinator is shutting down"))
+    }
+
+    /// The names of a node set, groups resolved; a bad set is an
+    /// invalid-argument error saying what is wrong.
+    pub async fn resolve(&self, set: &str) -> Result<Vec<String>, Status> {
+        self.ask(|reply| Command::Resolve {
+            set: set.to_string(),
+            reply,
+        })
+        .await?
+        .map_err(Status::invalid_argument)
     }
 }
 
@@ -719,6 +745,22 @@ impl Fleet {
             } => {
                 let _ = reply.send(self.assign(&names, target, &actor));
             }
+            Command::Resolve { set, reply } => {
+                let r = dfleet_provisioner::nodeset::resolve(&set, MAX_SET, &FleetGroups(self))
+                    .map_err(|e| e.to_string());
+                let _ = reply.send(r);
+            }
+            Command::ExecTargets { names, reply } => {
+                self.next_order += 1;
+                let targets = names
+                    .into_iter()
+                    .map(|name| {
+                        let conn = self.conns.get(&name).map(|c| (c.id, c.tx.clone()));
+                        (name, conn)
+                    })
+                    .collect();
+                let _ = reply.send((self.next_order, targets));
+            }
             Command::BootInputs { reply } => {
                 let _ = reply.send((self.inv.clone(), self.assignments.clone()));
             }
@@ -778,17 +820,23 @@ impl Fleet {
         }
     }
 
-    fn view(&self, entry: &NodeEntry) -> Option<NodeView> {
+    /// A node's state as shown: unknown with an enrollment waiting is pending.
+    fn state_of(&self, entry: &NodeEntry) -> Option<NodeState> {
         let rec = self.nodes.get(entry.name.as_str())?;
         let pending = self
             .pending
             .get(&entry.mac.to_string())
             .is_some_and(|p| !p.node.is_empty());
-        let state = if rec.row.state == NodeState::Unknown && pending {
+        Some(if rec.row.state == NodeState::Unknown && pending {
             NodeState::Pending
         } else {
             rec.row.state
-        };
+        })
+    }
+
+    fn view(&self, entry: &NodeEntry) -> Option<NodeView> {
+        let rec = self.nodes.get(entry.name.as_str())?;
+        let state = self.state_of(entry)?;
         Some(NodeView {
             entry: entry.clone(),
             state,
@@ -1501,6 +1549,83 @@ pub mod tokio_util_shutdown {
         /// Resolves when the trigger fired or was dropped.
         pub async fn wait(&mut self) {
             let _ = self.0.wait_for(|fired| *fired).await;
+        }
+    }
+}
+
+/// The most names a node set may resolve to.
+pub const MAX_SET: usize = 1_000_000;
+
+/// The `@…` groups of node sets: `@GROUP` (the inventory's `groups`),
+/// `@state:STATE` (ready, not-ready, stale, lost, pending, connected,
+/// unknown) and `@gen:IMAGE:GEN` (nodes whose last report runs it).
+pub struct FleetGroups<'a>(&'a Fleet);
+
+impl FleetGroups<'_> {
+    fn nodes(&self, keep: impl Fn(&NodeEntry) -> bool) -> Vec<String> {
+        self.0
+            .inv
+            .nodes
+            .iter()
+            .filter(|e| keep(e))
+            .map(|e| e.name.to_string())
+            .collect()
+    }
+}
+
+impl dfleet_provisioner::nodeset::Groups for FleetGroups<'_> {
+    fn group(&self, source: Option<&str>, name: &str) -> Result<Vec<String>, String> {
+        let fleet = self.0;
+        match source {
+            None => {
+                let names = self.nodes(|e| e.groups.iter().any(|g| g == name));
+                if names.is_empty() {
+                    let mut known: Vec<&str> = fleet
+                        .inv
+                        .nodes
+                        .iter()
+                        .flat_map(|e| e.groups.iter().map(String::as_str))
+                        .collect();
+                    known.sort_unstable();
+                    known.dedup();
+                    return Err(format!(
+                        "no node of the inventory is in group {name:?} (groups: {}; other \
+                         sources: @state:STATE, @gen:IMAGE:GEN)",
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ));
+                }
+                Ok(names)
+            }
+            Some("state") => {
+                let Some(state) = NodeState::ALL.into_iter().find(|s| s.as_str() == name) else {
+                    let all: Vec<&str> = NodeState::ALL.iter().map(|s| s.as_str()).collect();
+                    return Err(format!(
+                        "unknown state {name:?}: expected {}",
+                        all.join(", ")
+                    ));
+                };
+                Ok(self.nodes(|e| fleet.state_of(e) == Some(state)))
+            }
+            Some("gen") => {
+                let g: GenerationRef = name
+                    .parse()
+                    .map_err(|_| format!("{name:?} is not IMAGE:GEN"))?;
+                Ok(self.nodes(|e| {
+                    fleet.nodes.get(e.name.as_str()).is_some_and(|r| {
+                        r.row
+                            .report
+                            .as_ref()
+                            .is_some_and(|rep| rep.booted.stamp.as_ref() == Some(&g))
+                    })
+                }))
+            }
+            Some(other) => Err(format!(
+                "unknown group source {other:?}: expected @GROUP, @state:STATE or @gen:IMAGE:GEN"
+            )),
         }
     }
 }

@@ -48,6 +48,8 @@ pub struct Services {
     pub boot: std::sync::Arc<crate::boot::BootWriter>,
     /// The rollout engine.
     pub rollouts: crate::rollout::engine::EngineHandle,
+    /// Where agents' exec answers go.
+    pub exec: crate::exec::ExecRouter,
 }
 
 #[tonic::async_trait]
@@ -164,6 +166,7 @@ impl Agent for Services {
         .await
         .map_err(|_| Status::cancelled("stream closed"))?;
         let fleet = self.fleet.clone();
+        let router = self.exec.clone();
         tokio::spawn(async move {
             let reason = loop {
                 tokio::select! {
@@ -176,6 +179,9 @@ impl Agent for Services {
                         break "the coordinator closed the stream".to_string();
                     }
                     msg = inbound.message() => match msg {
+                        Ok(Some(pb::AgentMessage {
+                            kind: Some(kind @ (pb::agent_message::Kind::ExecOutput(_) | pb::agent_message::Kind::ExecDone(_))),
+                        })) => router.deliver(&node, conn, kind).await,
                         Ok(Some(msg)) => {
                             if let Err(reason) = dispatch(&fleet, &node, conn, msg).await {
                                 let _ = tx.send(Err(Status::invalid_argument(reason.clone()))).await;
@@ -189,6 +195,7 @@ impl Agent for Services {
                     }
                 }
             };
+            router.lost(&node, conn, &reason).await;
             let _ = fleet.send(Command::Closed { node, conn, reason }).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -222,6 +229,10 @@ async fn dispatch(
         }
         Some(pb::agent_message::Kind::Hello(_)) => {
             return Err("a second hello on one stream".into());
+        }
+        // Routed by the stream loop.
+        Some(pb::agent_message::Kind::ExecOutput(_) | pb::agent_message::Kind::ExecDone(_)) => {
+            return Ok(());
         }
         None => return Err("an empty message".into()),
     };
@@ -294,6 +305,24 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>
 #[tonic::async_trait]
 impl Admin for Services {
     type EventsStream = EventStream;
+    type ExecStream = Pin<Box<dyn Stream<Item = Result<pb::ExecEvent, Status>> + Send>>;
+
+    async fn exec(
+        &self,
+        req: Request<pb::ExecRequest>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        let actor = admin_caller(self, &req).await?;
+        let r = req.into_inner();
+        let plan = crate::exec::plan(&self.fleet, r, actor).await?;
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(crate::exec::session::run(
+            plan,
+            self.fleet.clone(),
+            self.exec.clone(),
+            tx,
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
 
     async fn status(
         &self,
@@ -304,10 +333,7 @@ impl Admin for Services {
         let names = if set.trim().is_empty() {
             None
         } else {
-            Some(
-                dfleet_provisioner::nodeset::expand(&set, 1_000_000)
-                    .map_err(|e| Status::invalid_argument(format!("node set {set:?}: {e}")))?,
-            )
+            Some(self.fleet.resolve(&set).await?)
         };
         let views = self
             .fleet
@@ -481,8 +507,7 @@ impl Admin for Services {
             .map_err(|e: dfleet_proto::convert::ConvertError| {
                 Status::invalid_argument(e.to_string())
             })?;
-        let names = dfleet_provisioner::nodeset::expand(&r.nodeset, 1_000_000)
-            .map_err(|e| Status::invalid_argument(format!("node set {:?}: {e}", r.nodeset)))?;
+        let names = self.fleet.resolve(&r.nodeset).await?;
         // The check, the assignment and its apply hold the boot writer's
         // lock together, so `image gc` cannot delete the generation between
         // them.
@@ -713,6 +738,15 @@ impl Admin for Services {
             })
             .await?;
         Ok(Response::new(pb::ActionResponse { detail }))
+    }
+
+    async fn resolve_node_set(
+        &self,
+        req: Request<pb::NodeSetRequest>,
+    ) -> Result<Response<pb::NodeSetReply>, Status> {
+        admin_caller(self, &req).await?;
+        let names = self.fleet.resolve(&req.into_inner().set).await?;
+        Ok(Response::new(pb::NodeSetReply { names }))
     }
 
     async fn image_usage(

@@ -315,6 +315,14 @@ impl Agent {
                             renew_at = instant_at(creds.renew_at_unix());
                             tracing::debug!(not_after = creds.not_after_unix, "certificate renewed");
                         }
+                        Some(pb::coordinator_message::Kind::Order(pb::Order {
+                            id,
+                            kind: Some(pb::order::Kind::Exec(e)),
+                        })) => {
+                            // Runs beside the stream; its output and result
+                            // come back on it.
+                            tokio::spawn(crate::exec::run(self.host.clone(), id, e, tx.clone()));
+                        }
                         Some(pb::coordinator_message::Kind::Order(order)) => {
                             let result = self
                                 .obey(&creds.node, boot_id, order, &mut next_report)
@@ -348,6 +356,8 @@ impl Agent {
                 *next_report = Instant::now();
                 Some(result(true, "report sent".into()))
             }
+            // Run beside the stream (see the stream loop), never here.
+            pb::order::Kind::Exec(_) => None,
             pb::order::Kind::Assign(a) => {
                 self.assigned = a.assigned.and_then(|g| g.try_into().ok());
                 *next_report = Instant::now();

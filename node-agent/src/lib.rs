@@ -12,6 +12,7 @@
 pub mod collect;
 pub mod config;
 pub mod daemon;
+pub mod exec;
 pub mod facts;
 pub mod link;
 pub mod os;

@@ -237,7 +237,7 @@ impl HostRoot {
     /// Where a program is found. On the real machine: as given (`PATH` applies). Under a sandbox
     /// root, a program the sandbox provides in its own `bin` directories wins (so a simulated node
     /// can carry a fake `systemctl`), and anything else runs from the host.
-    fn resolve_program(&self, program: &str) -> PathBuf {
+    pub fn resolve_program(&self, program: &str) -> PathBuf {
         if self.is_system() {
             return PathBuf::from(program);
         }

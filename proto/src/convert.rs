@@ -331,6 +331,7 @@ impl From<EventKind> for pb::EventKind {
             EventKind::RebootsFrozen => pb::EventKind::RebootsFrozen,
             EventKind::RebootsThawed => pb::EventKind::RebootsThawed,
             EventKind::RebootOrdered => pb::EventKind::RebootOrdered,
+            EventKind::Exec => pb::EventKind::Exec,
         }
     }
 }
@@ -368,6 +369,7 @@ impl TryFrom<pb::EventKind> for EventKind {
             pb::EventKind::RebootsFrozen => EventKind::RebootsFrozen,
             pb::EventKind::RebootsThawed => EventKind::RebootsThawed,
             pb::EventKind::RebootOrdered => EventKind::RebootOrdered,
+            pb::EventKind::Exec => EventKind::Exec,
         })
     }
 }

@@ -437,10 +437,12 @@ pub enum EventKind {
     RebootsThawed,
     /// A node was ordered to reboot (through its agent or its power command).
     RebootOrdered,
+    /// `dfleet exec`: a command started on a node set, and its results.
+    Exec,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 28] = [
+    pub const ALL: [EventKind; 29] = [
         EventKind::CoordinatorStarted,
         EventKind::Enrolled,
         EventKind::EnrollPending,
@@ -469,6 +471,7 @@ impl EventKind {
         EventKind::RebootsFrozen,
         EventKind::RebootsThawed,
         EventKind::RebootOrdered,
+        EventKind::Exec,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -501,6 +504,7 @@ impl EventKind {
             EventKind::RebootsFrozen => "reboots-frozen",
             EventKind::RebootsThawed => "reboots-thawed",
             EventKind::RebootOrdered => "reboot-ordered",
+            EventKind::Exec => "exec",
         }
     }
 }

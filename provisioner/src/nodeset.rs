@@ -1,16 +1,20 @@
 //! Compact node sets such as `cn[0001-0128,0200],login1`: expanding them to names and folding names back.
 //!
-//! This is the minimal subset the inventory needs (bracket ranges with zero padding, several bracket
-//! groups per name, comma lists). `@group` references and exclusions come later with the exec fan-out.
+//! Patterns (`expand`, what the inventory reads): bracket ranges with zero padding, several bracket
+//! groups per name (`rack[1-2]-cn[01-02]`), comma lists. Sets (`resolve`, what commands take):
+//! patterns and `@group` references joined by ClusterShell's operators `,` `!` `&` `^`. Folding
+//! (`fold.rs`) turns names back into the shortest form it finds, in several dimensions.
 
-use std::collections::{HashMap, HashSet};
+mod fold;
+
+use std::collections::HashSet;
 
 /// Why a node set pattern could not be expanded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NodeSetError {
     #[error("empty node set")]
     Empty,
-    #[error("malformed node set {pattern:?}: empty name in the comma-separated list")]
+    #[error("malformed node set {pattern:?}: an empty name before or after an operator (, ! & ^)")]
     EmptyElement { pattern: String },
     #[error("malformed node set {pattern:?}: '[' is never closed")]
     Unclosed { pattern: String },
@@ -24,6 +28,12 @@ pub enum NodeSetError {
     NotANumber { pattern: String, bound: String },
     #[error("malformed node set {pattern:?}: reversed range {range:?} (first bound is larger)")]
     Reversed { pattern: String, range: String },
+    #[error("node set {pattern:?}: {group}: {message}")]
+    Group {
+        pattern: String,
+        group: String,
+        message: String,
+    },
     #[error("node set {pattern:?} has {count} names, more than the limit of {limit}")]
     TooLarge {
         pattern: String,
@@ -72,80 +82,173 @@ pub fn expand(pattern: &str, limit: usize) -> Result<Vec<String>, NodeSetError> 
     Ok(names)
 }
 
-/// Folds names back into the compact form `expand` reads, for display.
-///
-/// Names ending in digits are grouped by the text before those digits; consecutive numbers
-/// become ranges (`cn[0001-0003,0007]`). Other names are listed as they are. Groups appear in
-/// the order of their first name; numbers within a group are sorted and deduplicated, so
-/// `expand(&fold(names))` gives the same set of names.
-pub fn fold(names: &[String]) -> String {
-    enum Slot<'a> {
-        Plain(&'a str),
-        Numbered(&'a str),
+pub use self::fold::fold;
+
+/// Where `@…` references of a node set are resolved: the inventory's groups (`@compute`) and
+/// what the coordinator knows (`@state:ready`, `@gen:compute:8`).
+pub trait Groups {
+    /// The names of group `name` of `source` (`None`: an inventory group), or why there is no
+    /// such group.
+    fn group(&self, source: Option<&str>, name: &str) -> Result<Vec<String>, String>;
+}
+
+/// No groups: every `@…` reference is an error saying where they can be used.
+pub struct NoGroups;
+
+impl Groups for NoGroups {
+    fn group(&self, _: Option<&str>, _: &str) -> Result<Vec<String>, String> {
+        Err("groups are known to the coordinator: ask it (dfleet nodeset, dfleet exec)".into())
     }
-    let mut slots: Vec<Slot<'_>> = Vec::new();
-    let mut numbered: HashMap<&str, Vec<(u64, &str)>> = HashMap::new();
-    let mut plain_seen: HashSet<&str> = HashSet::new();
-    for name in names {
-        let digits_start = name.trim_end_matches(|c: char| c.is_ascii_digit()).len();
-        let (prefix, digits) = name.split_at(digits_start);
-        match digits.parse::<u64>() {
-            Ok(number) if !prefix.contains(['[', ']', ',']) => {
-                let entry = numbered.entry(prefix).or_insert_with(|| {
-                    slots.push(Slot::Numbered(prefix));
-                    Vec::new()
-                });
-                entry.push((number, digits));
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Union,
+    Difference,
+    Intersection,
+    Xor,
+}
+
+/// Resolves a node set in ClusterShell's syntax: terms joined by `,` (union), `!` (minus), `&`
+/// (intersection) and `^` (in one but not both), applied left to right; a term is a pattern
+/// (`cn[001-128]`, `rack[1-2]-cn[01-02]`) or a group (`@compute`, `@state:ready`,
+/// `@gen:compute:8`). Each name comes out once, in natural order (`cn2` before `cn10`); the
+/// set may be empty (`cn1!cn1`). More than `limit` names at any step is an error.
+pub fn resolve(expr: &str, limit: usize, groups: &dyn Groups) -> Result<Vec<String>, NodeSetError> {
+    if expr.trim().is_empty() {
+        return Err(NodeSetError::Empty);
+    }
+    let mut set: HashSet<String> = HashSet::new();
+    for (op, term) in terms(expr)? {
+        let names = term_names(expr, term, limit, groups)?;
+        match op {
+            Op::Union => set.extend(names),
+            Op::Difference => names.iter().for_each(|n| {
+                set.remove(n);
+            }),
+            Op::Intersection => {
+                let keep: HashSet<String> = names.into_iter().collect();
+                set.retain(|n| keep.contains(n));
             }
-            _ => {
-                if plain_seen.insert(name) {
-                    slots.push(Slot::Plain(name));
+            Op::Xor => {
+                for n in names {
+                    if !set.remove(&n) {
+                        set.insert(n);
+                    }
                 }
             }
         }
-    }
-    let mut out = Vec::with_capacity(slots.len());
-    for slot in slots {
-        match slot {
-            Slot::Plain(name) => out.push(name.to_string()),
-            Slot::Numbered(prefix) => {
-                let mut numbers = numbered.remove(prefix).unwrap_or_default();
-                numbers.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.len().cmp(&b.1.len())));
-                numbers.dedup();
-                out.push(fold_group(prefix, &numbers));
-            }
+        if set.len() > limit {
+            return Err(NodeSetError::TooLarge {
+                pattern: expr.to_string(),
+                count: set.len() as u128,
+                limit,
+            });
         }
     }
-    out.join(",")
+    let mut names: Vec<String> = set.into_iter().collect();
+    names.sort_by_cached_key(|n| natural_key(n));
+    Ok(names)
 }
 
-/// Folds one prefix's sorted, deduplicated numbers (with their text) into `prefix[a-b,c]`.
-fn fold_group(prefix: &str, numbers: &[(u64, &str)]) -> String {
-    if let [(_, digits)] = numbers {
-        return format!("{prefix}{digits}");
+/// Whether `expr` refers to a group, so only the coordinator can resolve it.
+pub fn has_groups(expr: &str) -> bool {
+    expr.contains('@')
+}
+
+/// A key that sorts digit runs by value: `cn2` before `cn10`, `cn02` beside `cn2`.
+pub fn natural_key(name: &str) -> Vec<(String, u64, usize)> {
+    let mut key = Vec::new();
+    let mut rest = name;
+    while !rest.is_empty() {
+        let text_len = rest.len() - rest.trim_start_matches(|c: char| !c.is_ascii_digit()).len();
+        let (text, tail) = rest.split_at(text_len);
+        let digits_len = tail.len() - tail.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let (digits, tail) = tail.split_at(digits_len);
+        key.push((
+            text.to_string(),
+            digits.parse().unwrap_or(u64::MAX),
+            digits.len(),
+        ));
+        rest = tail;
     }
-    let mut items: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < numbers.len() {
-        let first_text = numbers[i].1;
-        let width = first_text.len();
-        // A range keeps going while each next number is one more and expanding with the first
-        // bound's width would print it exactly as written.
-        let mut j = i;
-        while let Some(&(next, next_text)) = numbers.get(j + 1) {
-            if next != numbers[j].0 + 1 || format!("{next:0width$}") != next_text {
-                break;
+    key
+}
+
+/// Splits a set at its operators outside brackets: the first term is a union with nothing.
+fn terms(expr: &str) -> Result<Vec<(Op, &str)>, NodeSetError> {
+    let owned = || expr.to_string();
+    let mut out = Vec::new();
+    let mut open = false;
+    let mut start = 0;
+    let mut op = Op::Union;
+    for (i, c) in expr.char_indices() {
+        let next = match c {
+            '[' if open => return Err(NodeSetError::Nested { pattern: owned() }),
+            '[' => {
+                open = true;
+                continue;
             }
-            j += 1;
-        }
-        if j == i {
-            items.push(first_text.to_string());
-        } else {
-            items.push(format!("{first_text}-{}", numbers[j].1));
-        }
-        i = j + 1;
+            ']' if !open => return Err(NodeSetError::Unopened { pattern: owned() }),
+            ']' => {
+                open = false;
+                continue;
+            }
+            ',' if !open => Op::Union,
+            '!' if !open => Op::Difference,
+            '&' if !open => Op::Intersection,
+            '^' if !open => Op::Xor,
+            _ => continue,
+        };
+        out.push((op, expr[start..i].trim()));
+        op = next;
+        start = i + c.len_utf8();
     }
-    format!("{prefix}[{}]", items.join(","))
+    if open {
+        return Err(NodeSetError::Unclosed { pattern: owned() });
+    }
+    out.push((op, expr[start..].trim()));
+    if out.iter().any(|(_, t)| t.is_empty()) {
+        return Err(NodeSetError::EmptyElement { pattern: owned() });
+    }
+    Ok(out)
+}
+
+fn term_names(
+    expr: &str,
+    term: &str,
+    limit: usize,
+    groups: &dyn Groups,
+) -> Result<Vec<String>, NodeSetError> {
+    let Some(group) = term.strip_prefix('@') else {
+        return expand(term, limit).map_err(|e| match e {
+            // Name the whole set, not just the term.
+            NodeSetError::TooLarge { count, limit, .. } => NodeSetError::TooLarge {
+                pattern: expr.to_string(),
+                count,
+                limit,
+            },
+            other => other,
+        });
+    };
+    let (source, name) = match group.split_once(':') {
+        Some((source, name)) => (Some(source), name),
+        None => (None, group),
+    };
+    if name.is_empty() || source.is_some_and(str::is_empty) {
+        return Err(NodeSetError::Group {
+            pattern: expr.to_string(),
+            group: term.to_string(),
+            message: "expected @GROUP or @SOURCE:GROUP".to_string(),
+        });
+    }
+    groups
+        .group(source, name)
+        .map_err(|message| NodeSetError::Group {
+            pattern: expr.to_string(),
+            group: term.to_string(),
+            message,
+        })
 }
 
 /// One comma-separated element of a pattern: literal text and bracket groups in sequence.
@@ -463,10 +566,153 @@ mod tests {
     }
 
     #[test]
+    fn folds_in_every_dimension() {
+        let grid = expand("rack[1-2]-cn[01-02]", 100).unwrap();
+        assert_eq!(fold(&grid), "rack[1-2]-cn[01-02]");
+        // A hole in one rack keeps that rack apart.
+        let holed = names(&[
+            "rack1-cn01",
+            "rack1-cn02",
+            "rack2-cn01",
+            "rack3-cn01",
+            "rack3-cn02",
+        ]);
+        assert_eq!(fold(&holed), "rack[1,3]-cn[01-02],rack2-cn01");
+        assert_eq!(fold(&names(&["cn1-ib", "cn2-ib", "cn3"])), "cn3,cn[1-2]-ib");
+        assert_eq!(fold(&names(&["cn10", "cn2", "cn9"])), "cn[2,9-10]");
+    }
+
+    /// Groups for tests: `@compute`, `@gpu`, and `@state:ready`.
+    struct TestGroups;
+
+    impl Groups for TestGroups {
+        fn group(&self, source: Option<&str>, name: &str) -> Result<Vec<String>, String> {
+            match (source, name) {
+                (None, "compute") => Ok(expand("cn[1-4]", 10).unwrap()),
+                (None, "gpu") => Ok(names(&["cn4", "gpu1"])),
+                (Some("state"), "ready") => Ok(names(&["cn1", "cn3", "gpu1"])),
+                (Some(s), _) => Err(format!("unknown source {s:?}")),
+                (None, _) => Err("no such group in the inventory".into()),
+            }
+        }
+    }
+
+    fn resolved(expr: &str) -> Result<String, String> {
+        resolve(expr, 1000, &TestGroups)
+            .map(|n| n.join(" "))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn sets_combine_patterns_and_groups_left_to_right() {
+        assert_eq!(resolved("cn[10,2,1]").unwrap(), "cn1 cn2 cn10");
+        assert_eq!(resolved("@compute!cn2").unwrap(), "cn1 cn3 cn4");
+        assert_eq!(resolved("@compute&@state:ready").unwrap(), "cn1 cn3");
+        assert_eq!(resolved("@compute^@gpu").unwrap(), "cn1 cn2 cn3 gpu1");
+        assert_eq!(resolved("@gpu,@compute!cn[1-3]").unwrap(), "cn4 gpu1");
+        assert_eq!(resolved("cn1!cn1").unwrap(), "");
+        assert_eq!(
+            resolved("rack[1-2]-cn[01-02]").unwrap().split(' ').count(),
+            4
+        );
+    }
+
+    #[test]
+    fn bad_sets_say_what_is_wrong() {
+        assert_eq!(
+            resolved("cn[3-1]").unwrap_err(),
+            "malformed node set \"cn[3-1]\": reversed range \"3-1\" (first bound is larger)"
+        );
+        assert_eq!(
+            resolved("@compute,@nosuch").unwrap_err(),
+            "node set \"@compute,@nosuch\": @nosuch: no such group in the inventory"
+        );
+        assert_eq!(
+            resolved("@rack:r1").unwrap_err(),
+            "node set \"@rack:r1\": @rack:r1: unknown source \"rack\""
+        );
+        assert!(resolved("cn1,,cn2").unwrap_err().contains("empty name"));
+        assert!(resolved("cn1!").unwrap_err().contains("empty name"));
+        assert!(resolved("@").unwrap_err().contains("expected @GROUP"));
+        assert!(
+            resolved("cn[1-2000]")
+                .unwrap_err()
+                .contains("more than the limit of 1000")
+        );
+        assert_eq!(
+            resolve("@compute", 10, &NoGroups).unwrap_err().to_string(),
+            "node set \"@compute\": @compute: groups are known to the coordinator: ask it \
+             (dfleet nodeset, dfleet exec)"
+        );
+    }
+
+    #[test]
     fn plain_names_are_recognised() {
         assert!(is_plain_name("login1"));
         assert!(!is_plain_name("cn[1-2]"));
         assert!(!is_plain_name("a,b"));
         assert!(!is_plain_name("cn]"));
+    }
+}
+
+/// Property tests: whatever names or patterns, folding then expanding gives the same set.
+#[cfg(test)]
+mod properties {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A name: a few text and digit runs, the digits sometimes zero-padded.
+    fn name() -> impl Strategy<Value = String> {
+        let text = prop::sample::select(vec!["cn", "rack", "-", "gpu", "-ib", "x", "n"]);
+        let digits = (0u64..40, 0usize..4).prop_map(|(n, w)| format!("{n:0w$}"));
+        prop::collection::vec((text, prop::option::of(digits)), 1..4).prop_map(|parts| {
+            parts
+                .into_iter()
+                .map(|(t, d)| format!("{t}{}", d.unwrap_or_default()))
+                .collect()
+        })
+    }
+
+    /// A pattern of one to three bracket dimensions.
+    fn pattern() -> impl Strategy<Value = String> {
+        let range = (0u64..30, 0u64..5, 1usize..4)
+            .prop_map(|(lo, len, w)| format!("{lo:0w$}-{:0w$}", lo + len));
+        let dim = prop::collection::vec(range, 1..3).prop_map(|r| format!("[{}]", r.join(",")));
+        (
+            prop::sample::select(vec!["cn", "rack", "node"]),
+            prop::collection::vec(dim, 1..4),
+        )
+            .prop_map(|(prefix, dims)| format!("{prefix}{}", dims.join("-n")))
+    }
+
+    fn set(names: &[String]) -> BTreeSet<String> {
+        names.iter().cloned().collect()
+    }
+
+    proptest! {
+        #[test]
+        fn folded_names_expand_to_the_same_names(names in prop::collection::vec(name(), 0..60)) {
+            let folded = fold(&names);
+            let again = if names.is_empty() {
+                prop_assert_eq!(folded.as_str(), "");
+                Vec::new()
+            } else {
+                expand(&folded, 1_000_000).unwrap()
+            };
+            prop_assert_eq!(set(&again), set(&names), "folded: {}", folded);
+            // Each name once: folding never repeats one.
+            prop_assert_eq!(again.len(), set(&names).len(), "folded: {}", folded);
+        }
+
+        #[test]
+        fn fold_of_expand_round_trips(p in pattern()) {
+            let names = expand(&p, 1_000_000).unwrap();
+            let folded = fold(&names);
+            prop_assert_eq!(set(&expand(&folded, 1_000_000).unwrap()), set(&names));
+            prop_assert_eq!(set(&resolve(&folded, 1_000_000, &NoGroups).unwrap()), set(&names));
+        }
     }
 }

@@ -394,6 +394,17 @@ async fn forged_claims_and_node_admin_calls_are_refused() -> Result<()> {
         .wait_for("admin refusal", |e| e.kind == EventKind::AdminRefused)
         .await?;
     assert_eq!(e.actor, "node:cn01");
+    // Nor may it run commands on the fleet.
+    let status = admin
+        .exec(pb::ExecRequest {
+            nodeset: "cn01".into(),
+            argv: vec!["true".into()],
+            ..Default::default()
+        })
+        .await
+        .err()
+        .context("a node certificate was allowed to exec")?;
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
     Ok(())
 }
 

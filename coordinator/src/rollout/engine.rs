@@ -319,8 +319,11 @@ impl Engine {
                 .map(|n| n.name.to_string())
                 .collect()
         } else {
-            let names = dfleet_provisioner::nodeset::expand(&spec.nodes, 1_000_000)
-                .map_err(|e| format!("node set {:?}: {e}", spec.nodes))?;
+            let names = self
+                .fleet
+                .resolve(&spec.nodes)
+                .await
+                .map_err(|s| s.message().to_string())?;
             let unknown: Vec<&str> = names
                 .iter()
                 .filter(|n| inv.node(n).is_none())
