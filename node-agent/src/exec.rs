@@ -136,9 +136,9 @@ async fn execute(
     done
 }
 
-/// Sends what `pipe` gives, chunk by chunk, while the shared budget lasts;
-/// then keeps reading (so the command never blocks on a full pipe) without
-/// sending. True when output was dropped.
+/// Sends what `pipe` gives, chunk by chunk, while the shared budget lasts
+/// and the stream is there; then keeps reading (so the command never blocks
+/// on a full pipe) without sending. True when output was dropped.
 async fn forward(
     pipe: Option<impl AsyncRead + Unpin>,
     stderr: bool,
@@ -151,6 +151,7 @@ async fn forward(
         return false;
     };
     let mut truncated = false;
+    let mut stream_gone = false;
     let mut buf = vec![0u8; CHUNK];
     loop {
         let n = match pipe.read(&mut buf).await {
@@ -166,7 +167,7 @@ async fn forward(
         if allowed < n {
             truncated = true;
         }
-        if allowed > 0 {
+        if allowed > 0 && !stream_gone {
             let msg = pb::AgentMessage {
                 kind: Some(pb::agent_message::Kind::ExecOutput(pb::ExecOutput {
                     order_id: id,
@@ -174,9 +175,9 @@ async fn forward(
                     data: buf[..allowed].to_vec(),
                 })),
             };
-            if tx.send(msg).await.is_err() {
-                return truncated;
-            }
+            // The stream ended (the agent reconnects): nobody waits for
+            // this output any more, but the pipe is still drained.
+            stream_gone = tx.send(msg).await.is_err();
         }
     }
 }
@@ -312,5 +313,23 @@ mod tests {
     async fn what_a_command_leaves_running_ends_with_it() {
         let done = background_child_ends("", 0).await;
         assert_eq!((done.exit_code, done.timed_out), (0, false));
+    }
+
+    #[tokio::test]
+    async fn a_command_finishes_when_its_stream_is_gone() {
+        // The agent reconnected: nobody reads the old stream. The command
+        // must not block on a full pipe; its output is drained and dropped.
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        run(
+            HostRoot::system(),
+            9,
+            pb::Exec {
+                argv: argv(&["head", "-c", "10000000", "/dev/zero"]),
+                ..Default::default()
+            },
+            tx,
+        )
+        .await;
     }
 }

@@ -10,8 +10,10 @@
 //!    path ran on each;
 //! 2. each agent enrolled under its inventory name and address, is ready,
 //!    and reports the guest's real overlay;
-//! 3. a file written on lab01 grows its reported upper usage by at least
-//!    its size, and the exported tree is unchanged (`image verify`);
+//! 3. `findmnt /` run on both nodes with `dfleet exec` says overlay; a file
+//!    written on lab01 (`lab fill`, through `dfleet exec`) grows its
+//!    reported upper usage by at least its size, and the exported tree is
+//!    unchanged (`image verify`);
 //! 4. with the NFS server stopped, a power-cycled lab02 is reported stalled
 //!    after its initramfs's DHCP lease with the mount error, the coordinator
 //!    keeps answering, and once the server is back lab02 boots and lab01
@@ -316,7 +318,27 @@ fn two_nodes_boot_over_the_network_onto_the_overlay_root() -> Result<()> {
         upper_size.push(guest);
     }
 
-    // ---- 3. a file written on lab01 grows its upper layer, not the export
+    // ---- 3. commands through the agents; a file written on lab01 grows its
+    // upper layer, not the export
+    let findmnt = admin(
+        &dir,
+        &[
+            "exec",
+            "lab[01-02]",
+            "-b",
+            "--",
+            "findmnt",
+            "-n",
+            "-o",
+            "FSTYPE,TARGET",
+            "/",
+        ],
+    )?;
+    let rule = "-".repeat(15);
+    assert!(
+        findmnt.contains(&format!("{rule}\nlab[01-02] (exit 0)\n{rule}\noverlay /\n")),
+        "{findmnt}"
+    );
     let before = coordinator_node(&dir, "lab01")?["report"]["overlay"]["used_bytes"]
         .as_u64()
         .context("no used_bytes")?;

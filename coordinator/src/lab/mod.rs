@@ -13,7 +13,6 @@ pub mod status;
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -43,9 +42,8 @@ const IMAGE: &str = "lab";
 /// What the lab changes in the Debian base image: a quiet serial port.
 const BASE_SETUP: &str = include_str!("base-setup.sh");
 
-/// What the lab adds before publishing: boot markers on the console and the
-/// control line `lab fill` uses (cheap to change: only the published level
-/// of the cache is rebuilt).
+/// What the lab adds before publishing: boot markers on the console (cheap
+/// to change: only the published level of the cache is rebuilt).
 const LAB_TOOLS: &str = include_str!("lab-tools.sh");
 
 /// Kernel arguments of every lab node: a node that cannot boot (its NFS
@@ -103,8 +101,8 @@ pub enum LabCommand {
         dir: PathBuf,
     },
     /// Write a file of SIZE bytes (suffixes k, M, G and KiB, MiB, GiB) of
-    /// random data into a running node's overlay, through the lab's control
-    /// line; watch its upper layer grow in `dfleet top`.
+    /// random data into a running node's overlay, with `dfleet exec`; watch
+    /// its upper layer grow in `dfleet top`.
     Fill {
         node: String,
         size: String,
@@ -707,9 +705,7 @@ impl Lab {
         }
         let t = now();
         self.image(&["exec", IMAGE, "--", "sh", "-c", LAB_TOOLS])?;
-        for unit in ["dfleet-lab-marker.service", "dfleet-lab-control.service"] {
-            self.image(&["enable", IMAGE, unit])?;
-        }
+        self.image(&["enable", IMAGE, "dfleet-lab-marker.service"])?;
         let ca = state.join("ca.pem");
         self.image(&[
             "install-agent",
@@ -789,7 +785,6 @@ impl Lab {
     // -------------------------------------------------------- nodes
 
     fn qemu_argv(&self, n: &LabNode, kvm: bool) -> Vec<String> {
-        let run = self.dir.join("run");
         let mut argv: Vec<String> = vec![
             "qemu-system-x86_64".into(),
             "-name".into(),
@@ -812,12 +807,6 @@ impl Lab {
             ),
             "-serial".into(),
             "chardev:console".into(),
-            // ttyS1: the control line (`lab fill`).
-            "-serial".into(),
-            format!(
-                "unix:{},server=on,wait=off",
-                run.join(format!("{}.ctl", n.name())).display()
-            ),
             "-display".into(),
             "none".into(),
             "-monitor".into(),
@@ -871,8 +860,8 @@ impl Lab {
             .and_then(|x| x["report"]["overlay"]["used_bytes"].as_u64()))
     }
 
-    /// Writes `bytes` of random data into the node's overlay through its
-    /// control line, then waits for the node's agent to report the growth.
+    /// Writes `bytes` of random data into the node's overlay with `dfleet
+    /// exec`, then waits for the node's agent to report the growth.
     async fn fill(&self, n: &LabNode, bytes: u64) -> Result<()> {
         let before = self
             .reported_upper_used(n)?
@@ -897,52 +886,18 @@ impl Lab {
         Ok(())
     }
 
-    /// The control-line half of `fill`: the node's answer.
+    /// The writing half of `fill`, through the node's agent: what it says.
     fn write_fill(&self, n: &LabNode, bytes: u64) -> Result<String> {
-        let path = self.dir.join("run").join(format!("{}.ctl", n.name()));
-        let s = std::os::unix::net::UnixStream::connect(&path).with_context(|| {
-            format!(
-                "connecting to {}'s control line {} (is it powered on?)",
-                n.name(),
-                path.display()
-            )
-        })?;
-        let mut w = s.try_clone()?;
-        let mut r = std::io::BufReader::new(s);
-        // The node's end reads the line only once its unit opened the port:
-        // until it answers a ping, a request could be lost.
-        let mut pings = 0;
-        r.get_ref().set_read_timeout(Some(Duration::from_secs(2)))?;
-        loop {
-            w.write_all(b"ping\n")?;
-            match read_answer(&mut r, n) {
-                Ok(a) if a == "pong" => break,
-                Ok(a) => bail!("{}: unexpected answer to a ping: {a}", n.name()),
-                // 30 pings, 2 s apart.
-                Err(e) if pings < 30 && is_timeout(&e) => pings += 1,
-                Err(e) => {
-                    return Err(e.context(format!(
-                        "{} does not answer on its control line (booted to multi-user?)",
-                        n.name()
-                    )));
-                }
-            }
-        }
+        let script = format!(
+            "f=/var/tmp/dfleet-lab-fill; head -c {bytes} /dev/urandom > $f.new && mv $f.new $f \
+             && sync && echo filled $f $(stat -c %s $f)"
+        );
+        let name = n.name();
         // Writing a GiB under TCG takes a while.
-        r.get_ref()
-            .set_read_timeout(Some(Duration::from_secs(300)))?;
-        w.write_all(format!("fill {bytes}\n").as_bytes())?;
-        // Late answers to the pings that timed out come first.
-        let answer = loop {
-            let a = read_answer(&mut r, n)?;
-            if a != "pong" {
-                break a;
-            }
-        };
-        if let Some(e) = answer.strip_prefix("error: ") {
-            bail!("{}: {e}", n.name());
-        }
-        Ok(format!("{}: {answer}", n.name()))
+        let out = self
+            .admin(&["exec", &name, "-t", "300s", "--shell", "--", &script])
+            .with_context(|| format!("writing {bytes} bytes on {name}"))?;
+        Ok(out.trim().to_string())
     }
 
     // -------------------------------------------------------- status
@@ -999,31 +954,6 @@ impl Lab {
             })
             .collect()
     }
-}
-
-/// The next `DFLEET-CTL` answer on a control line (other lines are skipped).
-fn read_answer(r: &mut impl BufRead, n: &LabNode) -> Result<String> {
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line)
-            .with_context(|| format!("waiting for {}'s answer", n.name()))?
-            == 0
-        {
-            bail!("{}'s control line closed without an answer", n.name());
-        }
-        if let Some(answer) = line.trim().strip_prefix("DFLEET-CTL ") {
-            return Ok(answer.to_string());
-        }
-    }
-}
-
-fn is_timeout(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<std::io::Error>().is_some_and(|io| {
-        matches!(
-            io.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        )
-    })
 }
 
 fn tail(text: &str, n: usize) -> String {
