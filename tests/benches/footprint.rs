@@ -6,7 +6,7 @@
 //! Build the binaries first (the agent as it goes into an image), then run:
 //!   cargo build --release --locked --bins
 //!   cargo build --profile agent --locked -p dfleet-agent
-//!   DFLEET_AGENT_BIN=target/agent/dfleet-agent \
+//!   DFLEET_AGENT_BIN=$PWD/target/agent/dfleet-agent \
 //!     cargo bench -p dfleet-tests --bench footprint -- [SECONDS] [INTERVAL_SECONDS]
 //! Debian's prometheus-node-exporter is installed when missing.
 
@@ -78,11 +78,7 @@ async fn scrape(addr: &str) -> Result<usize> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
+    let args = dfleet_tests::bench_args();
     let seconds: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(120);
     let interval: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10);
 

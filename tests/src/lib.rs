@@ -48,6 +48,16 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// A benchmark's start: the TLS provider installed, and its arguments
+/// without the `--bench` cargo adds.
+pub fn bench_args() -> Vec<String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect()
+}
+
 /// A node in a test inventory.
 #[derive(Debug, Clone)]
 pub struct TestNode {
