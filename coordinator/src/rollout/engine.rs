@@ -943,13 +943,6 @@ impl Engine {
             tracing::warn!(node, "rollout: no generation to reboot towards");
             return;
         };
-        if let Some(n) = self
-            .active
-            .as_mut()
-            .and_then(|a| a.rollout.nodes.iter_mut().find(|n| n.name == node))
-        {
-            n.ordered = true;
-        }
         let sent = self
             .fleet
             .ask(|reply| Command::Reboot {
@@ -960,11 +953,25 @@ impl Engine {
                 reply,
             })
             .await;
-        match sent {
-            Ok(Ok(())) => {}
-            // The next steps see it unreachable or back.
-            Ok(Err(e)) => tracing::warn!(node, error = %e, "rollout: reboot order not sent"),
-            Err(s) => tracing::warn!(node, error = %s, "rollout: reboot order not sent"),
+        // Only an order handed to the node's stream counts as given: one
+        // that was not is given again once the node is back.
+        let ordered = match sent {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(node, error = %e, "rollout: reboot order not sent");
+                false
+            }
+            Err(s) => {
+                tracing::warn!(node, error = %s, "rollout: reboot order not sent");
+                false
+            }
+        };
+        if let Some(n) = self
+            .active
+            .as_mut()
+            .and_then(|a| a.rollout.nodes.iter_mut().find(|n| n.name == node))
+        {
+            n.ordered = ordered;
         }
     }
 }

@@ -354,6 +354,14 @@ pub fn plan(
                         failed_now.push(node.clone());
                     }
                     actions.push(a);
+                } else if v.connected
+                    && v.stream_boot_id == n.boot_id
+                    && !n.boot_id.is_empty()
+                    && since(now, *t) > REPEAT_REBOOT_AFTER
+                {
+                    // Back on the boot it was ordered to leave: the order
+                    // was lost with its stream. Order it again.
+                    actions.push(Action::RepeatReboot { node });
                 } else if since(now, *t) > p.ready_timeout {
                     let reason = match &v.booted {
                         Some(g) if v.connected => format!(
@@ -967,6 +975,22 @@ mod tests {
         f.insert("n1".into(), up(7, "old"));
         assert_eq!(
             plan(&r, &f, false, t(2)),
+            [Action::RepeatReboot { node: "n1".into() }]
+        );
+    }
+
+    #[test]
+    fn a_node_back_on_the_boot_it_was_ordered_to_leave_is_ordered_again() {
+        let mut r = rollout(policy(), vec![node("n1", Step::Booting { since: t(0) })]);
+        r.nodes[0].wave = 1;
+        let mut f = fleet(&["n1"]);
+        let mut same = up(7, "old");
+        same.stream_boot_id = "old".into();
+        f.insert("n1".into(), same);
+        // Not at once: its stream may still be closing.
+        assert!(plan(&r, &f, false, t(1)).is_empty());
+        assert_eq!(
+            plan(&r, &f, false, t(REPEAT_REBOOT_AFTER.as_secs() as i64 + 1)),
             [Action::RepeatReboot { node: "n1".into() }]
         );
     }
