@@ -90,7 +90,8 @@ pub enum Command {
     /// What administrators did: every event with a person behind it (exec,
     /// assign, approve, rollouts, reload…), with who and when.
     Audit {
-        /// Only since this long ago, e.g. "1h", "7d".
+        /// Only events since this long ago ("1h", "7d") or since a UTC time
+        /// as the lines print it ("2026-11-26 06:00:00", "2026-11-26").
         #[arg(long)]
         since: Option<String>,
         #[arg(long)]
@@ -259,7 +260,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Pxe { command } => pxe(&cli, command).await,
         Command::Nodeset(args) => crate::nodesets::run(&cli, args).await,
         Command::Exec(args) => crate::exec::cli::run(&cli, args).await,
-        Command::Audit { since, json } => audit(&cli, since.as_deref(), *json).await,
+        Command::Audit { since, json } => crate::audit::run(&cli, since.as_deref(), *json).await,
         Command::Rollout { command } => crate::rollout::cli::rollout(&cli, command).await,
         Command::Reboots { command } => crate::rollout::cli::reboots(&cli, command).await,
         // main runs these before the runtime starts (they need their exit
@@ -285,7 +286,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn status_err(s: tonic::Status) -> anyhow::Error {
+pub fn status_err(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", s.message())
 }
 
@@ -499,45 +500,6 @@ async fn events(cli: &Cli, follow: bool, json: bool, last: u32) -> Result<()> {
         .into_inner();
     while let Some(e) = stream.message().await.map_err(status_err)? {
         let e = Event::try_from(e).context("reading an event")?;
-        if json {
-            println!("{}", serde_json::to_string(&e)?);
-        } else {
-            println!("{}", event_line(&e));
-        }
-    }
-    Ok(())
-}
-
-/// Whether an event's actor is a person: a uid on the admin socket or an
-/// admin certificate (not a node, not the coordinator itself).
-pub fn is_audited(e: &Event) -> bool {
-    e.actor.starts_with("uid:") || e.actor.starts_with("admin:")
-}
-
-async fn audit(cli: &Cli, since: Option<&str>, json: bool) -> Result<()> {
-    let from_ms = match since {
-        None => i64::MIN,
-        Some(s) => {
-            let d = dfleet_provisioner::duration::parse_duration(s)
-                .map_err(|e| anyhow::anyhow!("--since {s:?}: {e}"))?;
-            crate::fleet::now_ms() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-        }
-    };
-    let mut c = client::connect(&cli.target()?).await?;
-    let mut stream = c
-        .events(pb::EventsRequest {
-            after_id: 0,
-            follow: false,
-            last: u32::MAX,
-        })
-        .await
-        .map_err(status_err)?
-        .into_inner();
-    while let Some(e) = stream.message().await.map_err(status_err)? {
-        let e = Event::try_from(e).context("reading an event")?;
-        if e.at_unix_ms < from_ms || !is_audited(&e) {
-            continue;
-        }
         if json {
             println!("{}", serde_json::to_string(&e)?);
         } else {

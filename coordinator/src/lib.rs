@@ -2,6 +2,7 @@
 //! CA, agent streams, event log, metrics) and the admin CLI that talks to it.
 
 pub mod argv;
+pub mod audit;
 pub mod boot;
 pub mod cli;
 pub mod client;

@@ -93,6 +93,8 @@ pub struct Agent {
     assigned: Option<GenerationRef>,
     report_interval: Duration,
     change_bytes: u64,
+    /// Fleet-wide commands running now, to cancel by order id.
+    running: crate::exec::Running,
 }
 
 impl Agent {
@@ -125,6 +127,7 @@ impl Agent {
             assigned: None,
             report_interval: Duration::from_secs(10),
             change_bytes: 16 << 20,
+            running: crate::exec::Running::default(),
         })
     }
 
@@ -321,7 +324,20 @@ impl Agent {
                         })) => {
                             // Runs beside the stream; its output and result
                             // come back on it.
-                            tokio::spawn(crate::exec::run(self.host.clone(), id, e, tx.clone()));
+                            tokio::spawn(crate::exec::run(
+                                self.host.clone(),
+                                id,
+                                e,
+                                tx.clone(),
+                                self.running.clone(),
+                            ));
+                        }
+                        Some(pb::coordinator_message::Kind::Order(pb::Order {
+                            id,
+                            kind: Some(pb::order::Kind::ExecCancel(_)),
+                        })) => {
+                            let running = self.running.cancel(id);
+                            tracing::info!(order = id, running, "exec cancelled by the coordinator");
                         }
                         Some(pb::coordinator_message::Kind::Order(order)) => {
                             let result = self
@@ -357,7 +373,7 @@ impl Agent {
                 Some(result(true, "report sent".into()))
             }
             // Run beside the stream (see the stream loop), never here.
-            pb::order::Kind::Exec(_) => None,
+            pb::order::Kind::Exec(_) | pb::order::Kind::ExecCancel(_) => None,
             pb::order::Kind::Assign(a) => {
                 self.assigned = a.assigned.and_then(|g| g.try_into().ok());
                 *next_report = Instant::now();

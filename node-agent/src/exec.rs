@@ -2,15 +2,17 @@
 //! node to run. It runs without a shell (unless the order asks for `sh -c`),
 //! with a clean environment, stdin closed, in its own process group; its
 //! output goes back in chunks as it comes, up to a cap, then its result.
-//! When it exits or times out the whole group is killed, so nothing it
-//! started outlives it.
+//! When it exits, times out or is cancelled (its caller went away) the whole
+//! group is killed, so nothing it started outlives it.
 
+use std::collections::HashMap;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use dfleet_proto::pb;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::os::HostRoot;
 
@@ -23,14 +25,44 @@ pub const DEFAULT_MAX_OUTPUT: usize = 1 << 20;
 /// Output read per chunk sent.
 const CHUNK: usize = 16 << 10;
 
-/// Runs the order's command and sends its output and result on `tx`.
-pub async fn run(host: HostRoot, id: u64, order: pb::Exec, tx: mpsc::Sender<pb::AgentMessage>) {
-    let done = execute(&host, id, &order, &tx).await;
-    let _ = tx
-        .send(pb::AgentMessage {
-            kind: Some(pb::agent_message::Kind::ExecDone(done)),
-        })
-        .await;
+/// The commands running on this node, by order id, so that an
+/// `ExecCancel` can stop one.
+#[derive(Debug, Clone, Default)]
+pub struct Running(Arc<Mutex<HashMap<u64, oneshot::Sender<()>>>>);
+
+impl Running {
+    /// Stops the command of order `id`; false when none runs.
+    pub fn cancel(&self, id: u64) -> bool {
+        let cancel = self.map().remove(&id);
+        cancel.is_some_and(|c| c.send(()).is_ok())
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<()>>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Runs the order's command and sends its output and result on `tx`. The
+/// command can be cancelled through `running` from the moment this is
+/// called (before the returned future first runs).
+pub fn run(
+    host: HostRoot,
+    id: u64,
+    order: pb::Exec,
+    tx: mpsc::Sender<pb::AgentMessage>,
+    running: Running,
+) -> impl Future<Output = ()> + Send + 'static {
+    let (cancel, cancelled) = oneshot::channel();
+    running.map().insert(id, cancel);
+    async move {
+        let done = execute(&host, id, &order, &tx, cancelled).await;
+        running.map().remove(&id);
+        let _ = tx
+            .send(pb::AgentMessage {
+                kind: Some(pb::agent_message::Kind::ExecDone(done)),
+            })
+            .await;
+    }
 }
 
 async fn execute(
@@ -38,6 +70,7 @@ async fn execute(
     id: u64,
     order: &pb::Exec,
     tx: &mpsc::Sender<pb::AgentMessage>,
+    cancelled: oneshot::Receiver<()>,
 ) -> pb::ExecDone {
     let started = tokio::time::Instant::now();
     let mut done = pb::ExecDone {
@@ -101,19 +134,25 @@ async fn execute(
         status
     };
     let run = async { tokio::join!(pipes, waited) };
-    let limit = match order.timeout_ms {
-        0 => None,
-        ms => Some(Duration::from_millis(u64::from(ms))),
+    let limit = async {
+        match order.timeout_ms {
+            0 => std::future::pending().await,
+            ms => tokio::time::sleep(Duration::from_millis(u64::from(ms))).await,
+        }
     };
-    let outcome = match limit {
-        Some(limit) => tokio::time::timeout(limit, run).await.ok(),
-        None => Some(run.await),
-    };
-    if outcome.is_none() {
-        kill_group();
+    enum Ended<T> {
+        Ran(T),
+        TimedOut,
+        Cancelled,
     }
-    match outcome {
-        Some((truncated, Ok(status))) => {
+    let ended = tokio::select! {
+        r = run => Ended::Ran(r),
+        () = limit => Ended::TimedOut,
+        // A dropped sender (the registry gone) cancels too.
+        _ = cancelled => Ended::Cancelled,
+    };
+    match ended {
+        Ended::Ran((truncated, Ok(status))) => {
             done.truncated = truncated;
             use std::os::unix::process::ExitStatusExt;
             match (status.code(), status.signal()) {
@@ -125,9 +164,11 @@ async fn execute(
                 (None, None) => done.error = "ended without a status".into(),
             }
         }
-        Some((_, Err(e))) => done.error = format!("waiting for {}: {e}", path.display()),
-        None => {
-            done.timed_out = true;
+        Ended::Ran((_, Err(e))) => done.error = format!("waiting for {}: {e}", path.display()),
+        Ended::TimedOut | Ended::Cancelled => {
+            done.timed_out = matches!(ended, Ended::TimedOut);
+            done.cancelled = matches!(ended, Ended::Cancelled);
+            kill_group();
             // Reap the leader, killed with its group.
             let _ = child.wait().await;
         }
@@ -188,7 +229,7 @@ mod tests {
 
     async fn exec(order: pb::Exec) -> (Vec<u8>, Vec<u8>, pb::ExecDone) {
         let (tx, mut rx) = mpsc::channel(1024);
-        run(HostRoot::system(), 7, order, tx).await;
+        run(HostRoot::system(), 7, order, tx, Running::default()).await;
         let (mut out, mut err) = (Vec::new(), Vec::new());
         while let Ok(m) = rx.try_recv() {
             match m.kind {
@@ -257,25 +298,37 @@ mod tests {
         );
     }
 
-    /// Waits until process `pid` has ended (a pidfd turns readable when it
-    /// does); a pid that no longer exists has ended.
-    async fn ended(pid: i32) {
+    /// Waits until the process whose pid `file` holds has ended (a pidfd
+    /// turns readable when it does; a pid that no longer exists has ended),
+    /// failing after a minute rather than waiting out a 300 s sleep. The
+    /// wait has its own limit, so a survivor fails the test, never hangs it.
+    async fn ended_in_time(file: &std::path::Path) {
+        let pid: i32 = std::fs::read_to_string(file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         let Some(pid) = rustix::process::Pid::from_raw(pid) else {
             return;
         };
         let Ok(fd) = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) else {
             return;
         };
-        tokio::task::spawn_blocking(move || {
+        let ready = tokio::task::spawn_blocking(move || {
             let mut fds = [rustix::event::PollFd::new(
                 &fd,
                 rustix::event::PollFlags::IN,
             )];
-            rustix::event::poll(&mut fds, None)
+            let minute = rustix::event::Timespec {
+                tv_sec: 60,
+                tv_nsec: 0,
+            };
+            rustix::event::poll(&mut fds, Some(&minute))
         })
         .await
         .unwrap()
         .unwrap();
+        assert!(ready > 0, "the command's background child survived it");
     }
 
     /// Runs `sh -c "sleep 300 & echo $! > FILE<rest>"` with `timeout_ms`,
@@ -291,15 +344,7 @@ mod tests {
             ..Default::default()
         })
         .await;
-        let pid: i32 = std::fs::read_to_string(&file)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        // Not waiting out its 300 s: the pidfd says when it ends.
-        tokio::time::timeout(Duration::from_secs(60), ended(pid))
-            .await
-            .expect("the command's background child survived it");
+        ended_in_time(&file).await;
         done
     }
 
@@ -329,7 +374,45 @@ mod tests {
                 ..Default::default()
             },
             tx,
+            Running::default(),
         )
         .await;
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_command_ends_with_its_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pid");
+        let script = format!(
+            "sleep 300 & echo $! > {}; echo started; sleep 300",
+            file.display()
+        );
+        let (tx, mut rx) = mpsc::channel(1024);
+        let running = Running::default();
+        let order = pb::Exec {
+            argv: argv(&["sh", "-c", &script]),
+            ..Default::default()
+        };
+        let task = tokio::spawn(run(HostRoot::system(), 11, order, tx, running.clone()));
+        // Started once it says so (after writing the background pid).
+        loop {
+            match rx.recv().await.expect("the command's output").kind {
+                Some(pb::agent_message::Kind::ExecOutput(o)) if o.data == b"started\n" => break,
+                _ => {}
+            }
+        }
+        assert!(running.cancel(11));
+        task.await.unwrap();
+        let done = loop {
+            if let Some(pb::agent_message::Kind::ExecDone(d)) = rx.recv().await.unwrap().kind {
+                break d;
+            }
+        };
+        assert!(done.cancelled && !done.timed_out, "{done:?}");
+        assert!(
+            !running.cancel(11),
+            "a finished command is no longer running"
+        );
+        ended_in_time(&file).await;
     }
 }

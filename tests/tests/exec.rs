@@ -7,18 +7,23 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use dfleet_agent::sandbox::{self, SandboxSpec};
-use dfleet_proto::domain::EventKind;
+use dfleet_proto::domain::{Event, EventKind};
 use dfleet_tests::{Agent, Coordinator, Settings, TestNode, cluster_toml, nodes};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 fn init() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// A sandbox for `n` whose `dfleet-test-exit` prints "exit N" and exits N,
-/// N being the node's number modulo 3.
+/// N being the node's number modulo 3. The fifth node booted compute:8, the
+/// others compute:7.
 fn sandbox(dir: &Path, n: &TestNode, i: usize) -> Result<std::path::PathBuf> {
     let root = dir.join(&n.name);
-    let spec = SandboxSpec::new(&n.name, n.mac.parse()?, n.ip);
+    let mut spec = SandboxSpec::new(&n.name, n.mac.parse()?, n.ip);
+    if i == 4 {
+        spec.image = "compute:8".parse()?;
+    }
     sandbox::build(&root, &spec).with_context(|| format!("building {}'s sandbox", n.name))?;
     let script = root.join("usr/local/sbin/dfleet-test-exit");
     std::fs::create_dir_all(script.parent().context("parent")?)?;
@@ -42,24 +47,42 @@ async fn run(c: &Coordinator, args: &[&str]) -> Result<(i32, String, String)> {
     ))
 }
 
-/// Waits until process `pid` has ended (its pidfd turns readable); a pid
-/// that no longer exists has ended.
-async fn ended(pid: i32) -> Result<()> {
+/// Whether process `pid` ended within a minute (its pidfd turns readable
+/// when it does; a pid that no longer exists has ended). The wait has its
+/// own limit, so a survivor fails the test instead of hanging it.
+async fn ended(pid: i32) -> Result<bool> {
     let Some(pid) = rustix::process::Pid::from_raw(pid) else {
-        return Ok(());
+        return Ok(true);
     };
     let Ok(fd) = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) else {
-        return Ok(());
+        return Ok(true);
     };
-    // A pidfd is readable once the process has ended.
-    tokio::task::spawn_blocking(move || {
+    let ready = tokio::task::spawn_blocking(move || {
         let mut fds = [rustix::event::PollFd::new(
             &fd,
             rustix::event::PollFlags::IN,
         )];
-        rustix::event::poll(&mut fds, None)
+        let minute = rustix::event::Timespec {
+            tv_sec: 60,
+            tv_nsec: 0,
+        };
+        rustix::event::poll(&mut fds, Some(&minute))
     })
     .await??;
+    Ok(ready > 0)
+}
+
+/// Checks that each of the `n` processes whose pids `file` lists (one per
+/// line) ends within a minute.
+async fn all_ended(file: &Path, n: usize) -> Result<()> {
+    let pids: Vec<i32> = std::fs::read_to_string(file)?
+        .lines()
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    anyhow::ensure!(pids.len() == n, "{pids:?}: expected {n}");
+    for pid in pids {
+        anyhow::ensure!(ended(pid).await?, "process {pid} is still running");
+    }
     Ok(())
 }
 
@@ -160,16 +183,48 @@ async fn exec_runs_everywhere_folds_results_and_names_the_unreachable() -> Resul
     .await?;
     assert_eq!(code, 254, "{err}");
     assert!(err.contains("timed out: cn[01-02] (2)"), "{err}");
-    let pids: Vec<i32> = std::fs::read_to_string(&pids)?
-        .lines()
-        .map(str::parse)
-        .collect::<Result<_, _>>()?;
-    assert_eq!(pids.len(), 2);
-    for pid in pids {
-        tokio::time::timeout(std::time::Duration::from_secs(60), ended(pid))
-            .await
-            .context("a timed-out command's child survived")??;
+    all_ended(&pids, 2)
+        .await
+        .context("a timed-out command's child survived")?;
+
+    // Ctrl-C on the caller cancels what still runs: each agent kills the
+    // command's whole group, and the audit trail says so.
+    let pids = dir.path().join("cancelled-pids");
+    let script = format!(
+        "sleep 300 & echo $! >> {}; echo started; sleep 300",
+        pids.display()
+    );
+    let mut caller = tokio::process::Command::new(dfleet_tests::bin("dfleet"))
+        .arg("--socket")
+        .arg(dir.path().join("admin.sock"))
+        .args(["exec", "cn[01-02]", "--", "sh", "-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = BufReader::new(caller.stdout.take().context("stdout")?).lines();
+    let mut started = 0;
+    while started < 2 {
+        let line = lines.next_line().await?.context("exec ended early")?;
+        started += usize::from(line.ends_with(": started"));
     }
+    let pid = rustix::process::Pid::from_raw(caller.id().context("caller pid")? as i32)
+        .context("caller pid")?;
+    rustix::process::kill_process(pid, rustix::process::Signal::INT)?;
+    caller.wait().await?;
+    all_ended(&pids, 2)
+        .await
+        .context("a cancelled command's child survived")?;
+    let interrupted = events
+        .wait_for("the interrupted exec's end", |e| {
+            e.kind == EventKind::Exec && e.detail.contains("interrupted by the caller")
+        })
+        .await?;
+    assert!(
+        interrupted.detail.ends_with(
+            "; interrupted by the caller, 2 nodes without a result, cancelled on cn[01-02] (2)"
+        ),
+        "{interrupted:?}"
+    );
 
     // Bad sets are clear errors; every exec is in the audit trail.
     let (code, _, err) = run(&c, &["exec", "cn[3-1]", "--", "true"]).await?;
@@ -181,6 +236,70 @@ async fn exec_runs_everywhere_folds_results_and_names_the_unreachable() -> Resul
         err.contains("no node of the inventory is in group \"nosuch\""),
         "{err}"
     );
+
+    // Sets by generation: the one node on compute:8, the reachable rest on 7.
+    let (code, out, _) = run(&c, &["exec", "@gen:compute:8", "--", "dfleet-test-exit"]).await?;
+    assert_eq!((code, out.as_str()), (2, "cn05: exit 2\n"));
+    assert_eq!(
+        c.cli(&["nodeset", "-f", "@gen:compute:7"]).await?,
+        "cn[01-04]\n"
+    );
+
+    // --pick: that many distinct nodes, all from the set after exclusions.
+    let (code, out, err) = run(
+        &c,
+        &[
+            "exec",
+            "cn[01-05]",
+            "-x",
+            "cn[01-02]",
+            "--pick",
+            "2",
+            "--",
+            "dfleet-test-exit",
+        ],
+    )
+    .await?;
+    let picked: std::collections::BTreeSet<&str> = out
+        .lines()
+        .filter_map(|l| l.split_once(": ").map(|(node, _)| node))
+        .collect();
+    assert!(
+        out.lines().count() == 2
+            && picked.len() == 2
+            && picked.iter().all(|n| ["cn03", "cn04", "cn05"].contains(n)),
+        "{out}"
+    );
+    assert!(code > 0 && err.contains("dfleet exec: 2 nodes in"), "{err}");
+
+    // Output beyond --max-output is cut where the limit falls, with a note.
+    let (code, out, err) = run(
+        &c,
+        &[
+            "exec",
+            "cn01",
+            "-b",
+            "--max-output",
+            "100",
+            "--",
+            "seq",
+            "100000",
+        ],
+    )
+    .await?;
+    assert_eq!(code, 0, "{err}");
+    let full: String = (1..=100_000).map(|i| format!("{i}\n")).collect();
+    assert_eq!(
+        out,
+        format!("{rule}\ncn01 (exit 0)\n{rule}\n{}\n", &full[..100])
+    );
+    assert!(
+        err.contains(&format!(
+            "{rule}\ncn01 (exit 0, stderr)\n{rule}\n[output truncated: more than --max-output bytes]\n"
+        )),
+        "{err}"
+    );
+
     let audit = c.cli(&["audit"]).await?;
     assert!(
         audit.lines().any(|l| l.contains(" exec ")
@@ -192,6 +311,33 @@ async fn exec_runs_everywhere_folds_results_and_names_the_unreachable() -> Resul
             && audit.contains("timed out: cn[01-02] (2)"),
         "{audit}"
     );
+
+    // audit --since takes a duration or a UTC time. One just after the start
+    // of a command that runs 0.3 s keeps its end and drops its start.
+    let (code, _, _) = run(&c, &["exec", "cn01", "--", "sleep", "0.3"]).await?;
+    assert_eq!(code, 0);
+    let events: Vec<Event> = c
+        .cli(&["audit", "--json"])
+        .await?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let start = events
+        .iter()
+        .find(|e| e.detail == "started `sleep 0.3` on cn01")
+        .context("no start event")?;
+    let since = jiff::Timestamp::from_millisecond(start.at_unix_ms + 1)?.to_string();
+    let recent = c.cli(&["audit", "--since", &since]).await?;
+    assert!(
+        !recent.contains("started `sleep 0.3`")
+            && recent.contains("finished `sleep 0.3` on cn01: 1 nodes in")
+            && !recent.contains("dfleet-test-exit"),
+        "since {since}:\n{recent}"
+    );
+    let hour = c.cli(&["audit", "--since", "1h"]).await?;
+    assert_eq!(hour, c.cli(&["audit"]).await?);
+    let err = c.cli_err(&["audit", "--since", "soon"]).await?;
+    assert!(err.contains("--since \"soon\""), "{err}");
 
     // A uid outside the admin group cannot reach the admin socket at all.
     use std::os::unix::fs::PermissionsExt;

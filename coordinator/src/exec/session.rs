@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tonic::Status;
 
 use super::router::{ExecRouter, Update};
-use crate::fleet::{Command, ExecTarget, FleetHandle};
+use crate::fleet::{Command, ExecTarget, FleetHandle, Outbound};
 
 /// Nodes running the command at once when the caller names no fanout.
 pub const DEFAULT_FANOUT: usize = 1024;
@@ -157,8 +157,9 @@ pub async fn run(
 
     let (tx, mut rx) = mpsc::channel::<Update>(1024);
     let mut queue: VecDeque<ExecTarget> = plan.targets.into();
-    // Node → when the coordinator stops waiting for it (None: no limit).
-    let mut running: HashMap<String, Option<Instant>> = HashMap::new();
+    // Node → when the coordinator stops waiting for it (None: no limit), and
+    // its stream, to cancel the command if the caller goes away.
+    let mut running: HashMap<String, (Option<Instant>, Outbound)> = HashMap::new();
     let mut tally = Tally::default();
     let limit = (plan.order.timeout_ms > 0)
         .then(|| Duration::from_millis(u64::from(plan.order.timeout_ms)) + ANSWER_GRACE);
@@ -185,13 +186,13 @@ pub async fn run(
                 finished.push(unreachable(&node, "its stream closed"));
                 continue;
             }
-            running.insert(node, limit.map(|l| Instant::now() + l));
+            running.insert(node, (limit.map(|l| Instant::now() + l), stream));
         }
         if running.is_empty() && finished.is_empty() {
             break;
         }
         if finished.is_empty() {
-            let next_deadline = running.values().flatten().min().copied();
+            let next_deadline = running.values().filter_map(|(at, _)| *at).min();
             let expired = async {
                 match next_deadline {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -228,11 +229,13 @@ pub async fn run(
                     // `tx` is held here, so the channel never closes.
                     None => break,
                 },
+                // The caller went away (Ctrl-C) while nothing came back.
+                () = out.closed(), if caller => caller = false,
                 _ = expired => {
                     let now = Instant::now();
                     let late: Vec<String> = running
                         .iter()
-                        .filter(|(_, at)| at.is_some_and(|at| at <= now))
+                        .filter(|(_, (at, _))| at.is_some_and(|at| at <= now))
                         .map(|(n, _)| n.clone())
                         .collect();
                     for node in late {
@@ -258,15 +261,25 @@ pub async fn run(
             }
         }
         if !caller {
-            // Interrupted: what runs goes on to its own end on the nodes,
-            // unwatched.
             break;
         }
     }
-    for node in running.keys() {
-        router.forget(node, id);
-    }
+    // Interrupted: the commands still running are cancelled (each agent
+    // kills the command's process group); the rest never start.
+    let cancel = pb::CoordinatorMessage {
+        kind: Some(pb::coordinator_message::Kind::Order(pb::Order {
+            id,
+            kind: Some(pb::order::Kind::ExecCancel(pb::ExecCancel {})),
+        })),
+    };
     let left = queue.len() + running.len();
+    let mut cancelled = Vec::new();
+    for (node, (_, stream)) in running {
+        router.forget(&node, id);
+        if stream.send(Ok(cancel.clone())).await.is_ok() {
+            cancelled.push(node);
+        }
+    }
     let mut summary = format!(
         "finished {}: {} nodes in {:.1}s: {}",
         plan.shown,
@@ -278,6 +291,13 @@ pub async fn run(
         summary.push_str(&format!(
             "; interrupted by the caller, {left} nodes without a result"
         ));
+        if !cancelled.is_empty() {
+            summary.push_str(&format!(
+                ", cancelled on {} ({})",
+                dfleet_provisioner::nodeset::fold(&cancelled),
+                cancelled.len()
+            ));
+        }
     }
     record(summary).await;
     if caller {
