@@ -87,6 +87,11 @@ pub enum Command {
     },
     /// Run a command on every node of a set over the agents' streams.
     Exec(crate::exec::cli::ExecArgs),
+    /// SSH host keys: the fleet's known_hosts, the SSH host CA, rotation.
+    Ssh {
+        #[command(subcommand)]
+        command: crate::ssh::cli::SshCommand,
+    },
     /// What administrators did: every event with a person behind it (exec,
     /// assign, approve, rollouts, reload…), with who and when.
     Audit {
@@ -260,6 +265,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Pxe { command } => pxe(&cli, command).await,
         Command::Nodeset(args) => crate::nodesets::run(&cli, args).await,
         Command::Exec(args) => crate::exec::cli::run(&cli, args).await,
+        Command::Ssh { command } => crate::ssh::cli::run(&cli, command).await,
         Command::Audit { since, json } => crate::audit::run(&cli, since.as_deref(), *json).await,
         Command::Rollout { command } => crate::rollout::cli::rollout(&cli, command).await,
         Command::Reboots { command } => crate::rollout::cli::reboots(&cli, command).await,
@@ -584,6 +590,7 @@ fn key_summary(r: &Report) -> String {
             KeyOrigin::Boot => "per-boot",
             KeyOrigin::Missing => "missing",
             KeyOrigin::Coordinator => "managed",
+            KeyOrigin::Certificate => "certificate",
         })
         .collect();
     origins.sort_unstable();

@@ -139,6 +139,10 @@ pub async fn run(
     std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("setting the mode of {}", state_dir.display()))?;
     let ca = Arc::new(Ca::load_or_create(&state_dir, &inv.cluster.name)?);
+    let ssh = Arc::new(crate::ssh::Ssh {
+        ca: crate::ssh::SshCa::load_or_create(&state_dir, &inv.cluster.name)?,
+        managed: crate::ssh::ManagedKeys::new(&state_dir),
+    });
     let (store, mut loaded) = Store::open(&state_dir)?;
     let rollouts = std::mem::take(&mut loaded.rollouts);
     let rollout_nodes = std::mem::take(&mut loaded.rollout_nodes);
@@ -201,6 +205,7 @@ pub async fn run(
         boot,
         rollouts: engine,
         exec: crate::exec::ExecRouter::default(),
+        ssh,
     };
 
     let bound = Bound {

@@ -238,6 +238,30 @@ pub enum Command {
         set: String,
         reply: oneshot::Sender<Result<Vec<String>, String>>,
     },
+    /// What the coordinator needs to answer a node's host key request.
+    HostKeyContext {
+        node: String,
+        reply: oneshot::Sender<Option<HostKeyContext>>,
+    },
+    /// Every node of the inventory with what its known_hosts entry needs,
+    /// and the cluster's name and `@cert-authority` patterns.
+    SshHosts {
+        reply: oneshot::Sender<SshHosts>,
+    },
+    /// For `dfleet ssh rotate`: each of `names` with its host key mode and,
+    /// when connected, its stream; and an order id.
+    SshTargets {
+        names: Vec<String>,
+        reply: oneshot::Sender<(u64, Vec<SshTarget>)>,
+    },
+    /// A node was given SSH host key material, or could not be: the event
+    /// log records it.
+    HostKeysIssued {
+        node: String,
+        detail: String,
+        actor: String,
+        failed: bool,
+    },
     /// An order id for an exec, and the stream of each of `names` that has
     /// one: (node, Some((connection id, its outbound channel))).
     ExecTargets {
@@ -340,6 +364,28 @@ impl FleetHandle {
         .await?
         .map_err(Status::invalid_argument)
     }
+}
+
+/// The inventory's nodes as `dfleet ssh known-hosts` needs them.
+#[derive(Debug, Clone)]
+pub struct SshHosts {
+    pub cluster: String,
+    /// `[ssh] cert_authority_hosts`.
+    pub patterns: Vec<String>,
+    /// (name, principals, mode) in inventory order.
+    pub nodes: Vec<(String, Vec<String>, dfleet_proto::domain::HostKeyMode)>,
+}
+
+/// A node `dfleet ssh rotate` acts on: its mode and, if connected, its stream.
+pub type SshTarget = (String, dfleet_proto::domain::HostKeyMode, Option<Outbound>);
+
+/// How one node gets its SSH host keys, from the inventory.
+#[derive(Debug, Clone)]
+pub struct HostKeyContext {
+    pub mode: dfleet_proto::domain::HostKeyMode,
+    /// Its name, FQDN and address: what its certificate is valid for.
+    pub principals: Vec<String>,
+    pub validity: std::time::Duration,
 }
 
 /// The state of one node that the fleet task keeps in memory.
@@ -750,6 +796,69 @@ impl Fleet {
                     .map_err(|e| e.to_string());
                 let _ = reply.send(r);
             }
+            Command::HostKeyContext { node, reply } => {
+                let ctx = self.inv.node(&node).map(|entry| HostKeyContext {
+                    mode: self.inv.host_key_mode(entry),
+                    principals: crate::ssh::principals(
+                        entry,
+                        self.inv
+                            .boot
+                            .as_ref()
+                            .and_then(|b| b.network.domain.as_deref()),
+                    ),
+                    validity: self.inv.ssh.cert_validity,
+                });
+                let _ = reply.send(ctx);
+            }
+            Command::SshHosts { reply } => {
+                let domain = self
+                    .inv
+                    .boot
+                    .as_ref()
+                    .and_then(|b| b.network.domain.as_deref());
+                let hosts = SshHosts {
+                    cluster: self.inv.cluster.name.clone(),
+                    patterns: self.inv.ssh.cert_authority_hosts.clone(),
+                    nodes: self
+                        .inv
+                        .nodes
+                        .iter()
+                        .map(|e| {
+                            (
+                                e.name.as_str().to_string(),
+                                crate::ssh::principals(e, domain),
+                                self.inv.host_key_mode(e),
+                            )
+                        })
+                        .collect(),
+                };
+                let _ = reply.send(hosts);
+            }
+            Command::SshTargets { names, reply } => {
+                self.next_order += 1;
+                let targets = names
+                    .into_iter()
+                    .filter_map(|name| {
+                        let mode = self.inv.host_key_mode(self.inv.node(&name)?);
+                        let stream = self.conns.get(&name).map(|c| c.tx.clone());
+                        Some((name, mode, stream))
+                    })
+                    .collect();
+                let _ = reply.send((self.next_order, targets));
+            }
+            Command::HostKeysIssued {
+                node,
+                detail,
+                actor,
+                failed,
+            } => {
+                let kind = if failed {
+                    EventKind::HostKeysFailed
+                } else {
+                    EventKind::HostKeys
+                };
+                self.emit(kind, &node, detail, &actor);
+            }
             Command::ExecTargets { names, reply } => {
                 self.next_order += 1;
                 let targets = names
@@ -1128,6 +1237,11 @@ impl Fleet {
             rec.row.state = NodeState::Connected;
         }
         self.persist(&node);
+        let host_key_mode = self
+            .inv
+            .node(&node)
+            .map(|e| self.inv.host_key_mode(e))
+            .unwrap_or_default();
         Ok((
             id,
             pb::Welcome {
@@ -1145,6 +1259,7 @@ impl Fleet {
                         timeout_seconds: c.timeout.as_secs().max(1) as u32,
                     })
                     .collect(),
+                host_key_mode: pb::HostKeyMode::from(host_key_mode) as i32,
             },
         ))
     }

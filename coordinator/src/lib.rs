@@ -21,4 +21,5 @@ pub mod pki;
 pub mod power;
 pub mod rollout;
 pub mod server;
+pub mod ssh;
 pub mod store;

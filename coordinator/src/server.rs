@@ -50,6 +50,8 @@ pub struct Services {
     pub rollouts: crate::rollout::engine::EngineHandle,
     /// Where agents' exec answers go.
     pub exec: crate::exec::ExecRouter,
+    /// The SSH host CA and the managed host keys.
+    pub ssh: std::sync::Arc<crate::ssh::Ssh>,
 }
 
 #[tonic::async_trait]
@@ -167,6 +169,7 @@ impl Agent for Services {
         .map_err(|_| Status::cancelled("stream closed"))?;
         let fleet = self.fleet.clone();
         let router = self.exec.clone();
+        let ssh = self.ssh.clone();
         tokio::spawn(async move {
             let reason = loop {
                 tokio::select! {
@@ -182,6 +185,19 @@ impl Agent for Services {
                         Ok(Some(pb::AgentMessage {
                             kind: Some(kind @ (pb::agent_message::Kind::ExecOutput(_) | pb::agent_message::Kind::ExecDone(_))),
                         })) => router.deliver(&node, conn, kind).await,
+                        // Answered beside the stream: signing or making a
+                        // key never holds up the node's other messages.
+                        Ok(Some(pb::AgentMessage {
+                            kind: Some(pb::agent_message::Kind::HostKeyRequest(r)),
+                        })) => {
+                            tokio::spawn(crate::ssh::serve(
+                                ssh.clone(),
+                                fleet.clone(),
+                                node.clone(),
+                                r,
+                                tx.clone(),
+                            ));
+                        }
                         Ok(Some(msg)) => {
                             if let Err(reason) = dispatch(&fleet, &node, conn, msg).await {
                                 let _ = tx.send(Err(Status::invalid_argument(reason.clone()))).await;
@@ -230,8 +246,12 @@ async fn dispatch(
         Some(pb::agent_message::Kind::Hello(_)) => {
             return Err("a second hello on one stream".into());
         }
-        // Routed by the stream loop.
-        Some(pb::agent_message::Kind::ExecOutput(_) | pb::agent_message::Kind::ExecDone(_)) => {
+        // Handled by the stream loop.
+        Some(
+            pb::agent_message::Kind::ExecOutput(_)
+            | pb::agent_message::Kind::ExecDone(_)
+            | pb::agent_message::Kind::HostKeyRequest(_),
+        ) => {
             return Ok(());
         }
         None => return Err("an empty message".into()),
@@ -747,6 +767,41 @@ impl Admin for Services {
         admin_caller(self, &req).await?;
         let names = self.fleet.resolve(&req.into_inner().set).await?;
         Ok(Response::new(pb::NodeSetReply { names }))
+    }
+
+    async fn ssh_known_hosts(
+        &self,
+        req: Request<pb::SshKnownHostsRequest>,
+    ) -> Result<Response<pb::SshKnownHostsReply>, Status> {
+        admin_caller(self, &req).await?;
+        let hosts = self.fleet.ask(|reply| Command::SshHosts { reply }).await?;
+        let ssh = self.ssh.clone();
+        let text = tokio::task::spawn_blocking(move || crate::ssh::known_hosts_text(&ssh, &hosts))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::SshKnownHostsReply { text }))
+    }
+
+    async fn ssh_ca(
+        &self,
+        req: Request<pb::SshCaRequest>,
+    ) -> Result<Response<pb::SshCaReply>, Status> {
+        admin_caller(self, &req).await?;
+        Ok(Response::new(pb::SshCaReply {
+            public_key: self.ssh.ca.public_key().to_string(),
+            fingerprint: self.ssh.ca.fingerprint(),
+        }))
+    }
+
+    async fn ssh_rotate(
+        &self,
+        req: Request<pb::SshRotateRequest>,
+    ) -> Result<Response<pb::ActionResponse>, Status> {
+        let actor = admin_caller(self, &req).await?;
+        let names = self.fleet.resolve(&req.into_inner().nodeset).await?;
+        let detail = crate::ssh::rotate(&self.ssh, &self.fleet, names, &actor).await?;
+        Ok(Response::new(pb::ActionResponse { detail }))
     }
 
     async fn image_usage(

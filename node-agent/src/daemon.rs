@@ -95,6 +95,23 @@ pub struct Agent {
     change_bytes: u64,
     /// Fleet-wide commands running now, to cancel by order id.
     running: crate::exec::Running,
+    /// SSH host keys, when the node runs sshd.
+    ssh: Option<SshState>,
+}
+
+/// How long a booting node's sshd waits for host key material from the
+/// coordinator before it starts with this boot's own key.
+pub const HOST_KEY_WAIT: Duration = Duration::from_secs(30);
+
+/// The agent's side of the node's SSH host keys.
+struct SshState {
+    keys: crate::sshkeys::SshKeys,
+    /// This boot's key (the one to certify).
+    public: String,
+    /// Told once the coordinator's material is in place.
+    settled: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Set once systemd was told the agent is ready (sshd may be running).
+    notified: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Agent {
@@ -128,6 +145,7 @@ impl Agent {
             report_interval: Duration::from_secs(10),
             change_bytes: 16 << 20,
             running: crate::exec::Running::default(),
+            ssh: None,
         })
     }
 
@@ -143,6 +161,7 @@ impl Agent {
             .unwrap_or_default();
         let boot_id = first.identity.boot_id.clone();
         tracing::info!(coordinator = %self.coordinator.addr, mac, boot_id, "dfleet-agent starting");
+        self.start_ssh();
         let mut reach = Reachability::default();
         loop {
             let creds = match Credentials::load(&self.cfg.state_dir, &boot_id) {
@@ -172,6 +191,100 @@ impl Agent {
                 _ = &mut shutdown => return Ok(()),
             }
         }
+    }
+
+    /// Puts this boot's host key in place for sshd and tells systemd the
+    /// agent is ready (which lets sshd start) once the coordinator's
+    /// material is installed, or after [`HOST_KEY_WAIT`] without it.
+    fn start_ssh(&mut self) {
+        let keys = crate::sshkeys::SshKeys::new(self.host.clone());
+        if !keys.has_sshd() {
+            notify_ready();
+            return;
+        }
+        let public = match keys.boot_key(false) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "making this boot's SSH host key");
+                notify_ready();
+                return;
+            }
+        };
+        let (settled, wait) = tokio::sync::oneshot::channel::<()>();
+        let notified = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = notified.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = wait => {}
+                () = sleep(HOST_KEY_WAIT) => tracing::warn!(
+                    "no host keys from the coordinator within {}s: sshd starts with this boot's own key",
+                    HOST_KEY_WAIT.as_secs()
+                ),
+            }
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            notify_ready();
+        });
+        self.ssh = Some(SshState {
+            keys,
+            public,
+            settled: Some(settled),
+            notified,
+        });
+    }
+
+    /// The request for this node's host key material, if it runs sshd.
+    fn host_key_request(&self, mode: i32) -> Option<pb::AgentMessage> {
+        let ssh = self.ssh.as_ref()?;
+        let public_keys = match pb::HostKeyMode::try_from(mode) {
+            Ok(pb::HostKeyMode::Managed) => Vec::new(),
+            _ => vec![ssh.public.clone()],
+        };
+        Some(pb::AgentMessage {
+            kind: Some(pb::agent_message::Kind::HostKeyRequest(
+                pb::HostKeyRequest { public_keys },
+            )),
+        })
+    }
+
+    /// Installs the coordinator's host key material; returns when to ask
+    /// again (a certificate's renewal at two thirds of its life).
+    fn install_host_keys(&mut self, answer: &pb::HostKeys) -> Option<Instant> {
+        let ssh = self.ssh.as_mut()?;
+        match ssh.keys.install(answer, &ssh.public) {
+            Ok(installed) => {
+                tracing::info!(
+                    origin = installed.origin,
+                    fingerprint = installed.fingerprint,
+                    "SSH host key in place"
+                );
+                if let Some(settled) = ssh.settled.take() {
+                    let _ = settled.send(());
+                }
+                if ssh.notified.load(std::sync::atomic::Ordering::SeqCst) {
+                    ssh.keys.reload_sshd();
+                }
+                (installed.valid_before_unix > 0).then(|| {
+                    let left = installed
+                        .valid_before_unix
+                        .saturating_sub(unix_now() as u64);
+                    Instant::now() + Duration::from_secs((left / 3).max(60))
+                })
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "host keys from the coordinator");
+                None
+            }
+        }
+    }
+
+    /// Makes a new key pair for this boot (its certificate is asked for next).
+    fn rotate_host_key(&mut self) -> Result<String, String> {
+        let Some(ssh) = self.ssh.as_mut() else {
+            return Err("this node runs no sshd".into());
+        };
+        let public = ssh.keys.boot_key(true).map_err(|e| e.to_string())?;
+        ssh.public = public;
+        Ok("a new host key pair; its certificate is asked for".into())
     }
 
     /// Enrolls until it gets a certificate, retrying with backoff.
@@ -237,10 +350,11 @@ impl Agent {
             Ok(r) => r.into_inner(),
             Err(s) => return ended(&s),
         };
-        match inbound.message().await {
+        let host_key_mode = match inbound.message().await {
             Ok(Some(pb::CoordinatorMessage {
                 kind: Some(pb::coordinator_message::Kind::Welcome(w)),
             })) => {
+                let mode = w.host_key_mode;
                 self.assigned = w.assigned.and_then(|g| g.try_into().ok());
                 self.report_interval =
                     Duration::from_secs(u64::from(w.report_interval_seconds.max(1)));
@@ -255,9 +369,13 @@ impl Agent {
                         })
                         .collect(),
                 );
+                mode
             }
             Ok(_) => return End::Lost("the coordinator did not welcome the stream".into()),
             Err(s) => return ended(&s),
+        };
+        if let Some(request) = self.host_key_request(host_key_mode) {
+            let _ = tx.send(request).await;
         }
         reach.ok();
         tracing::info!(node = creds.node, "connected to the coordinator");
@@ -267,6 +385,8 @@ impl Agent {
         let mut next_poll = Instant::now() + CHANGE_POLL;
         let mut renew_at = instant_at(creds.renew_at_unix());
         let mut pending_key: Option<rcgen::KeyPair> = None;
+        // When to ask for host key material again (a certificate's renewal).
+        let mut host_keys_at: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = shutdown.as_mut() => return End::Shutdown,
@@ -284,6 +404,12 @@ impl Agent {
                         && now.abs_diff(before) > self.change_bytes {
                             next_report = Instant::now();
                         }
+                }
+                _ = sleep_until(host_keys_at.unwrap_or_else(far_future)), if host_keys_at.is_some() => {
+                    host_keys_at = None;
+                    if let Some(request) = self.host_key_request(host_key_mode) {
+                        let _ = tx.send(request).await;
+                    }
                 }
                 _ = sleep_until(renew_at) => {
                     match new_key_and_csr() {
@@ -339,6 +465,23 @@ impl Agent {
                             let running = self.running.cancel(id);
                             tracing::info!(order = id, running, "exec cancelled by the coordinator");
                         }
+                        Some(pb::coordinator_message::Kind::Order(pb::Order {
+                            id,
+                            kind: Some(pb::order::Kind::RotateHostKeys(_)),
+                        })) => {
+                            let result = self.rotate_host_key();
+                            if result.is_ok()
+                                && let Some(request) = self.host_key_request(host_key_mode)
+                            {
+                                let _ = tx.send(request).await;
+                            }
+                            let (ok, detail) = match result {
+                                Ok(d) => (true, d),
+                                Err(d) => (false, d),
+                            };
+                            let result = pb::OrderResult { order_id: id, ok, detail };
+                            let _ = tx.send(send(pb::agent_message::Kind::OrderResult(result))).await;
+                        }
                         Some(pb::coordinator_message::Kind::Order(order)) => {
                             let result = self
                                 .obey(&creds.node, boot_id, order, &mut next_report)
@@ -346,6 +489,11 @@ impl Agent {
                             if let Some(result) = result {
                                 let _ = tx.send(send(pb::agent_message::Kind::OrderResult(result))).await;
                             }
+                        }
+                        Some(pb::coordinator_message::Kind::HostKeys(answer)) => {
+                            host_keys_at = self.install_host_keys(&answer);
+                            // The report shows the new key at once.
+                            next_report = Instant::now();
                         }
                         Some(pb::coordinator_message::Kind::Welcome(_)) | None => {}
                     }
@@ -373,7 +521,9 @@ impl Agent {
                 Some(result(true, "report sent".into()))
             }
             // Run beside the stream (see the stream loop), never here.
-            pb::order::Kind::Exec(_) | pb::order::Kind::ExecCancel(_) => None,
+            pb::order::Kind::Exec(_)
+            | pb::order::Kind::ExecCancel(_)
+            | pb::order::Kind::RotateHostKeys(_) => None,
             pb::order::Kind::Assign(a) => {
                 self.assigned = a.assigned.and_then(|g| g.try_into().ok());
                 *next_report = Instant::now();
@@ -436,5 +586,32 @@ fn ended(s: &tonic::Status) -> End {
             Some(src) => format!("{why}: {}", error_chain(src)),
             None => why,
         }),
+    }
+}
+
+/// An instant no timer reaches.
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+/// Tells systemd the agent is ready (`Type=notify`), if it runs under it.
+fn notify_ready() {
+    use std::os::unix::ffi::OsStrExt as _;
+    use std::os::unix::net::UnixDatagram;
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = UnixDatagram::unbound().and_then(|sock| {
+        let bytes = path.as_bytes();
+        if let Some(name) = bytes.strip_prefix(b"@") {
+            use std::os::linux::net::SocketAddrExt as _;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            sock.send_to_addr(b"READY=1", &addr)
+        } else {
+            sock.send_to(b"READY=1", std::path::Path::new(&path))
+        }
+    });
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "telling systemd the agent is ready");
     }
 }

@@ -20,3 +20,4 @@ pub mod parse;
 pub mod probe;
 pub mod readiness;
 pub mod sandbox;
+pub mod sshkeys;

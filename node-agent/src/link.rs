@@ -3,7 +3,7 @@
 //! channels, enrollment, and this boot's credentials kept in RAM.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -149,23 +149,11 @@ impl Credentials {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), LinkError> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let io = |action, source| LinkError::Io {
+    crate::os::write_atomic(path, bytes, mode).map_err(|(action, source)| LinkError::Io {
         action,
         path: path.to_path_buf(),
         source,
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| io("creating", e))?;
-    f.write_all(bytes).map_err(|e| io("writing", e))?;
-    f.sync_all().map_err(|e| io("syncing", e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io("renaming", e))
+    })
 }
 
 /// A fresh key pair and a CSR for it. The key never leaves this process

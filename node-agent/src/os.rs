@@ -323,6 +323,27 @@ fn truncated(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_OUTPUT_BYTES)]).into_owned()
 }
 
+/// Writes `path` whole or not at all: a temporary file beside it with
+/// `mode` (whatever the umask), synced, renamed into place. The error names
+/// the step that failed.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), (&'static str, io::Error)> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let tmp = path.with_extension("dfleet-tmp");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(|e| ("creating", e))?;
+    f.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(|e| ("setting the mode of", e))?;
+    f.write_all(bytes).map_err(|e| ("writing", e))?;
+    f.sync_all().map_err(|e| ("syncing", e))?;
+    fs::rename(&tmp, path).map_err(|e| ("renaming into place", e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

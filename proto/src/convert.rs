@@ -6,7 +6,7 @@
 
 use crate::domain::{
     BootedGeneration, Check, CheckStatus, Event, EventKind, Generation, GenerationRef, HostKey,
-    Identity, KeyOrigin, MemoryFacts, NodeState, OverlayFacts, PathUsage, Report,
+    HostKeyMode, Identity, KeyOrigin, MemoryFacts, NodeState, OverlayFacts, PathUsage, Report,
 };
 use crate::pb;
 
@@ -54,6 +54,7 @@ impl From<KeyOrigin> for pb::KeyOrigin {
             KeyOrigin::Boot => pb::KeyOrigin::Boot,
             KeyOrigin::Missing => pb::KeyOrigin::Missing,
             KeyOrigin::Coordinator => pb::KeyOrigin::Coordinator,
+            KeyOrigin::Certificate => pb::KeyOrigin::Certificate,
         }
     }
 }
@@ -64,6 +65,7 @@ fn key_origin(raw: i32) -> Result<KeyOrigin, ConvertError> {
         Ok(pb::KeyOrigin::Boot) => Ok(KeyOrigin::Boot),
         Ok(pb::KeyOrigin::Missing) => Ok(KeyOrigin::Missing),
         Ok(pb::KeyOrigin::Coordinator) => Ok(KeyOrigin::Coordinator),
+        Ok(pb::KeyOrigin::Certificate) => Ok(KeyOrigin::Certificate),
         Ok(pb::KeyOrigin::Unspecified) | Err(_) => {
             Err(invalid("host_key.origin", format!("unknown value {raw}")))
         }
@@ -155,6 +157,7 @@ impl From<Report> for pb::Report {
                     fingerprint: k.fingerprint,
                     origin: pb::KeyOrigin::from(k.origin) as i32,
                     comment: k.comment,
+                    cert_valid_before_unix: k.cert_valid_before_unix,
                 })
                 .collect(),
             checks: r
@@ -248,6 +251,7 @@ impl TryFrom<pb::Report> for Report {
                         bits: k.bits,
                         fingerprint: k.fingerprint,
                         comment: k.comment,
+                        cert_valid_before_unix: k.cert_valid_before_unix,
                     })
                 })
                 .collect::<Result<_, ConvertError>>()?,
@@ -332,6 +336,9 @@ impl From<EventKind> for pb::EventKind {
             EventKind::RebootsThawed => pb::EventKind::RebootsThawed,
             EventKind::RebootOrdered => pb::EventKind::RebootOrdered,
             EventKind::Exec => pb::EventKind::Exec,
+            EventKind::HostKeys => pb::EventKind::HostKeys,
+            EventKind::HostKeysFailed => pb::EventKind::HostKeysFailed,
+            EventKind::HostKeyWarning => pb::EventKind::HostKeyWarning,
         }
     }
 }
@@ -370,6 +377,9 @@ impl TryFrom<pb::EventKind> for EventKind {
             pb::EventKind::RebootsThawed => EventKind::RebootsThawed,
             pb::EventKind::RebootOrdered => EventKind::RebootOrdered,
             pb::EventKind::Exec => EventKind::Exec,
+            pb::EventKind::HostKeys => EventKind::HostKeys,
+            pb::EventKind::HostKeysFailed => EventKind::HostKeysFailed,
+            pb::EventKind::HostKeyWarning => EventKind::HostKeyWarning,
         })
     }
 }
@@ -401,6 +411,15 @@ impl TryFrom<pb::Event> for Event {
             detail: e.detail,
             actor: e.actor,
         })
+    }
+}
+
+impl From<HostKeyMode> for pb::HostKeyMode {
+    fn from(m: HostKeyMode) -> Self {
+        match m {
+            HostKeyMode::Certificates => pb::HostKeyMode::Certificates,
+            HostKeyMode::Managed => pb::HostKeyMode::Managed,
+        }
     }
 }
 
@@ -443,8 +462,9 @@ mod tests {
                 key_type: "ED25519".into(),
                 bits: 256,
                 fingerprint: "SHA256:x".into(),
-                origin: KeyOrigin::Boot,
+                origin: KeyOrigin::Certificate,
                 comment: "root@cn01".into(),
+                cert_valid_before_unix: 1_800_000_000,
             }],
             checks: vec![Check::fail(
                 "generation",

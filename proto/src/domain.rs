@@ -179,8 +179,10 @@ pub enum KeyOrigin {
     Boot,
     /// The public or the private half is missing.
     Missing,
-    /// Installed by the coordinator.
+    /// Installed by the coordinator: the node's own persistent key (managed).
     Coordinator,
+    /// Made at this boot, with a host certificate from the cluster's SSH CA.
+    Certificate,
 }
 
 impl fmt::Display for KeyOrigin {
@@ -190,7 +192,51 @@ impl fmt::Display for KeyOrigin {
             KeyOrigin::Boot => "boot",
             KeyOrigin::Missing => "missing",
             KeyOrigin::Coordinator => "coordinator",
+            KeyOrigin::Certificate => "certificate",
         })
+    }
+}
+
+/// How a node gets its SSH host keys (`[ssh] host_keys`, per group or node
+/// `ssh_host_keys`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostKeyMode {
+    /// A key pair made at each boot in the node's RAM, with an OpenSSH host
+    /// certificate signed by the cluster's SSH host CA.
+    #[default]
+    Certificates,
+    /// One persistent key set per node, kept by the coordinator and sent to
+    /// the node over its own stream at each boot.
+    Managed,
+}
+
+impl HostKeyMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostKeyMode::Certificates => "certificates",
+            HostKeyMode::Managed => "managed",
+        }
+    }
+}
+
+impl fmt::Display for HostKeyMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for HostKeyMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "certificates" => Ok(HostKeyMode::Certificates),
+            "managed" => Ok(HostKeyMode::Managed),
+            other => Err(format!(
+                "unknown host key mode {other:?}: expected \"certificates\" or \"managed\""
+            )),
+        }
     }
 }
 
@@ -203,6 +249,9 @@ pub struct HostKey {
     pub fingerprint: String,
     pub origin: KeyOrigin,
     pub comment: String,
+    /// `Certificate`: when the certificate expires, Unix seconds (else 0).
+    #[serde(default)]
+    pub cert_valid_before_unix: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -439,10 +488,19 @@ pub enum EventKind {
     RebootOrdered,
     /// `dfleet exec`: a command started on a node set, and its results.
     Exec,
+    /// SSH host key material given to a node (a certificate, its managed
+    /// key) or rotated.
+    HostKeys,
+    /// A node's host key request could not be answered.
+    HostKeysFailed,
+    /// A host key problem the coordinator noticed: the same key on several
+    /// nodes, a managed key that changed, a certificate close to expiry, a
+    /// node that fell back to a per-boot key.
+    HostKeyWarning,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 29] = [
+    pub const ALL: [EventKind; 32] = [
         EventKind::CoordinatorStarted,
         EventKind::Enrolled,
         EventKind::EnrollPending,
@@ -472,6 +530,9 @@ impl EventKind {
         EventKind::RebootsThawed,
         EventKind::RebootOrdered,
         EventKind::Exec,
+        EventKind::HostKeys,
+        EventKind::HostKeysFailed,
+        EventKind::HostKeyWarning,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -505,6 +566,9 @@ impl EventKind {
             EventKind::RebootsThawed => "reboots-thawed",
             EventKind::RebootOrdered => "reboot-ordered",
             EventKind::Exec => "exec",
+            EventKind::HostKeys => "host-keys",
+            EventKind::HostKeysFailed => "host-keys-failed",
+            EventKind::HostKeyWarning => "host-key-warning",
         }
     }
 }

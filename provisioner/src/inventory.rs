@@ -10,6 +10,7 @@ mod network;
 mod nodes;
 mod power;
 mod sections;
+mod ssh;
 mod windows;
 
 use std::collections::{BTreeMap, HashMap};
@@ -19,7 +20,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use dfleet_proto::domain::{MacAddr, NodeName};
+use dfleet_proto::domain::{HostKeyMode, MacAddr, NodeName};
 
 use self::doc::{Ctx, LineIndex};
 use crate::boot::{BootNetwork, BootPaths, Loader};
@@ -44,6 +45,7 @@ pub const DEFAULT_DHCP_ROOT: &str = "/etc/dfleet/dhcp";
 pub const DEFAULT_EXPORTS_ROOT: &str = "/etc/exports.d";
 
 pub use self::power::{DEFAULT_BMC, DEFAULT_PASSWORD_ENV, DEFAULT_POWER_TIMEOUT, fill};
+pub use self::ssh::DEFAULT_CERT_VALIDITY;
 
 /// A validated inventory: the cluster's settings and every node, ranges expanded.
 #[derive(Debug, Clone)]
@@ -66,6 +68,8 @@ pub struct Inventory {
     pub windows: BTreeMap<String, Window>,
     /// The `[power]` table; `None` when nodes cannot be power-cycled by dfleet.
     pub power: Option<PowerConfig>,
+    /// The `[ssh]` table, defaulted when absent.
+    pub ssh: SshConfig,
     /// Every node in file order, each range expanded in its own order.
     pub nodes: Vec<NodeEntry>,
     by_name: HashMap<String, usize>,
@@ -166,6 +170,28 @@ pub struct PowerConfig {
     pub timeout: Duration,
 }
 
+/// The `[ssh]` table: how nodes get their SSH host keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshConfig {
+    /// The mode of nodes whose entry and groups do not name one.
+    pub host_keys: HostKeyMode,
+    /// How long a host certificate is valid (agents renew at two thirds).
+    pub cert_validity: Duration,
+    /// The host patterns of the `@cert-authority` line; empty: every node's
+    /// name, FQDN and address.
+    pub cert_authority_hosts: Vec<String>,
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        SshConfig {
+            host_keys: HostKeyMode::Certificates,
+            cert_validity: DEFAULT_CERT_VALIDITY,
+            cert_authority_hosts: Vec::new(),
+        }
+    }
+}
+
 /// Boot settings that a `[[nodes]]` entry, a `[groups.NAME]` table or `[boot]` may give; each
 /// unset one falls through to the next (see [`Inventory::effective_boot`]).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -177,6 +203,9 @@ pub struct NodeBoot {
     pub console: Option<String>,
     /// Cap of the RAM upper layer in tmpfs `size=` syntax: `50%` or `4g`.
     pub overlay_size: Option<String>,
+    /// How the node gets its SSH host keys (groups and nodes only; the
+    /// cluster's default is `[ssh] host_keys`).
+    pub ssh_host_keys: Option<HostKeyMode>,
 }
 
 /// The `[boot]` table: the boot network the management host serves.
@@ -322,6 +351,7 @@ impl Inventory {
                 "groups",
                 "windows",
                 "power",
+                "ssh",
                 "nodes",
             ],
         );
@@ -335,6 +365,7 @@ impl Inventory {
         let groups = network::groups(&mut ctx, &root);
         let windows = windows::windows(&mut ctx, &root);
         let power = power::power(&mut ctx, &root);
+        let ssh = ssh::ssh(&mut ctx, &root);
         let nodes = nodes::nodes(&mut ctx, &root, subnet, read_file);
         match cluster {
             Some(cluster) if !ctx.has_problems() => Ok(Inventory {
@@ -349,6 +380,7 @@ impl Inventory {
                 groups,
                 windows,
                 power,
+                ssh,
                 nodes,
                 by_name: HashMap::new(),
                 by_mac: HashMap::new(),
@@ -388,6 +420,15 @@ impl Inventory {
             Some(_) => self.nodes.iter().find(|n| n.mac == *mac),
             None => None,
         }
+    }
+
+    /// How `node` gets its SSH host keys: its entry's `ssh_host_keys`, else
+    /// its groups' in the order it lists them, else `[ssh] host_keys`.
+    pub fn host_key_mode(&self, node: &NodeEntry) -> HostKeyMode {
+        std::iter::once(&node.boot)
+            .chain(node.groups.iter().filter_map(|g| self.groups.get(g)))
+            .find_map(|l| l.ssh_host_keys)
+            .unwrap_or(self.ssh.host_keys)
     }
 
     /// The node's effective boot settings: each of loader, console and overlay size from the

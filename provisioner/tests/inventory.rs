@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use dfleet_proto::domain::MacAddr;
+use dfleet_proto::domain::{HostKeyMode, MacAddr};
 use dfleet_provisioner::boot::{BootNetwork, BootPaths, DhcpFlavour, Loader, Subnet};
 use dfleet_provisioner::inventory::{
     BootSettings, CheckCommand, ClusterConfig, EnrollmentConfig, EnrollmentPolicy, HealthConfig,
@@ -110,18 +110,18 @@ fn the_fixture_uses_every_feature_and_loads() {
     assert_eq!(
         summary,
         [
-            "login1 52:54:00:00:00:01 10.0.0.1 login login 75",
-            "cn01 52:54:00:00:01:01 10.0.1.1 compute compute+rack1 82",
-            "cn02 52:54:00:00:01:02 10.0.1.2 compute compute+rack1 82",
-            "cn03 52:54:00:00:01:03 10.0.1.3 compute compute+rack1 82",
-            "cn04 52:54:00:00:01:04 10.0.1.4 compute compute+rack1 82",
-            "gpu1 52:54:00:00:02:01 10.0.2.10 compute-gpu compute+gpu 95",
-            "gpu2 52:54:00:00:02:0a 10.0.2.11 compute-gpu compute+gpu 95",
-            "gpu5 52:54:00:00:02:05 10.0.2.12 compute-gpu compute+gpu 95",
-            "rack1-sw1 52:54:00:00:03:01 10.0.3.1 switch-agent  104",
-            "rack1-sw2 52:54:00:00:03:02 10.0.3.2 switch-agent  104",
-            "rack2-sw1 52:54:00:00:03:03 10.0.3.3 switch-agent  104",
-            "rack2-sw2 52:54:00:00:03:04 10.0.3.4 switch-agent  104",
+            "login1 52:54:00:00:00:01 10.0.0.1 login login 76",
+            "cn01 52:54:00:00:01:01 10.0.1.1 compute compute+rack1 83",
+            "cn02 52:54:00:00:01:02 10.0.1.2 compute compute+rack1 83",
+            "cn03 52:54:00:00:01:03 10.0.1.3 compute compute+rack1 83",
+            "cn04 52:54:00:00:01:04 10.0.1.4 compute compute+rack1 83",
+            "gpu1 52:54:00:00:02:01 10.0.2.10 compute-gpu compute+gpu 96",
+            "gpu2 52:54:00:00:02:0a 10.0.2.11 compute-gpu compute+gpu 96",
+            "gpu5 52:54:00:00:02:05 10.0.2.12 compute-gpu compute+gpu 96",
+            "rack1-sw1 52:54:00:00:03:01 10.0.3.1 switch-agent  105",
+            "rack1-sw2 52:54:00:00:03:02 10.0.3.2 switch-agent  105",
+            "rack2-sw1 52:54:00:00:03:03 10.0.3.3 switch-agent  105",
+            "rack2-sw2 52:54:00:00:03:04 10.0.3.4 switch-agent  105",
         ]
     );
     assert_eq!(inv.node("gpu5").unwrap().ip, Ipv4Addr::new(10, 0, 2, 12));
@@ -164,6 +164,7 @@ fn the_fixture_uses_every_feature_and_loads() {
                 kernel_args: vec!["quiet".into()],
                 console: Some("ttyS0,115200".into()),
                 overlay_size: Some("50%".into()),
+                ssh_host_keys: None,
             },
         })
     );
@@ -211,7 +212,13 @@ fn the_fixture_uses_every_feature_and_loads() {
             kernel_args: vec!["mitigations=off".into()],
             console: Some("ttyS1,115200".into()),
             overlay_size: Some("8g".into()),
+            ssh_host_keys: Some(HostKeyMode::Managed),
         }
+    );
+    assert_eq!(inv.ssh.cert_validity, Duration::from_secs(14 * 86_400));
+    assert_eq!(
+        inv.host_key_mode(inv.node("login1").unwrap()),
+        HostKeyMode::Certificates
     );
     assert_eq!(inv.node("cn03").unwrap().boot.loader, Some(Loader::GrubEfi));
     let boot: Vec<String> = ["login1", "cn01", "gpu5", "rack2-sw1"]
@@ -316,9 +323,10 @@ group = ["login"]
             "cluster.toml:13: checks[0].cmd: unknown key `cmd`; expected one of: name, command, \
              timeout",
             "cluster.toml:19: nodes[0].group: unknown key `group`; expected one of: name, mac, \
-             macs, mac_file, ip, image, groups, loader, kernel_args, console, overlay_size",
+             macs, mac_file, ip, image, groups, loader, kernel_args, console, overlay_size, \
+             ssh_host_keys",
             "cluster.toml:20: foo: unknown key `foo`; expected one of: cluster, enrollment, \
-             health, checks, boot, nfs, paths, groups, windows, power, nodes",
+             health, checks, boot, nfs, paths, groups, windows, power, ssh, nodes",
         ]
     );
 }
@@ -997,10 +1005,10 @@ kernel_arg = ["quiet"]
             "cluster.toml:14: paths.tftp: unknown key `tftp`; expected one of: tftp_root, \
              dhcp_root, exports_root, images_root",
             "cluster.toml:16: groups.compute.kernel_arg: unknown key `kernel_arg`; expected one \
-             of: loader, kernel_args, console, overlay_size",
+             of: loader, kernel_args, console, overlay_size, ssh_host_keys",
             "cluster.toml:23: nodes[0].bootloader: unknown key `bootloader`; expected one of: \
              name, mac, macs, mac_file, ip, image, groups, loader, kernel_args, console, \
-             overlay_size",
+             overlay_size, ssh_host_keys",
         ]
     );
 }
@@ -1517,5 +1525,89 @@ user = "root"
     assert_eq!(
         problems(&format!("{BASE}[power]\ncommand = []\n")),
         ["cluster.toml:6: power.command: must name at least the program to run"]
+    );
+}
+
+#[test]
+fn host_key_modes_come_from_the_node_then_its_groups_then_the_ssh_table() {
+    let text = format!(
+        r#"{BASE}[ssh]
+host_keys = "managed"
+cert_validity = "7d"
+cert_authority_hosts = ["cn*", "*.cluster.example"]
+
+[groups.gpu]
+ssh_host_keys = "certificates"
+
+[[nodes]]
+name = "cn[01-03]"
+macs = ["52:54:00:00:00:01", "52:54:00:00:00:02", "52:54:00:00:00:03"]
+ip = "10.0.0.11"
+image = "compute"
+
+[[nodes]]
+name = "gpu01"
+mac = "52:54:00:00:01:01"
+ip = "10.0.1.1"
+image = "compute"
+groups = ["gpu"]
+
+[[nodes]]
+name = "gpu02"
+mac = "52:54:00:00:01:02"
+ip = "10.0.1.2"
+image = "compute"
+groups = ["gpu"]
+ssh_host_keys = "managed"
+"#
+    );
+    let inv = parse(&text).unwrap_or_else(|p| panic!("{p:#?}"));
+    assert_eq!(inv.ssh.cert_validity, Duration::from_secs(7 * 86_400));
+    assert_eq!(inv.ssh.cert_authority_hosts, ["cn*", "*.cluster.example"]);
+    let mode = |n: &str| inv.host_key_mode(inv.node(n).unwrap());
+    assert_eq!(mode("cn02"), HostKeyMode::Managed);
+    assert_eq!(mode("gpu01"), HostKeyMode::Certificates);
+    assert_eq!(mode("gpu02"), HostKeyMode::Managed);
+    // Without [ssh]: certificates, valid 30 days.
+    let plain = parse(BASE).unwrap();
+    assert_eq!(plain.ssh.host_keys, HostKeyMode::Certificates);
+    assert_eq!(plain.ssh.cert_validity, Duration::from_secs(30 * 86_400));
+}
+
+#[test]
+fn a_bad_ssh_table_is_reported_with_its_lines() {
+    let text = format!(
+        r#"{BASE}[ssh]
+host_keys = "shared"
+cert_validity = "10m"
+cert_authority_hosts = ["cn*,gpu*"]
+known_hosts = "/etc/ssh/ssh_known_hosts"
+
+[boot]
+interface = "eth1"
+subnet = "10.0.0.0/24"
+next_server = "10.0.0.1"
+dhcp = "dnsmasq"
+ssh_host_keys = "managed"
+"#
+    );
+    let found = problems(&text);
+    assert_eq!(
+        found[..4],
+        [
+            "cluster.toml:6: ssh.host_keys: unknown host key mode \"shared\": expected \
+             \"certificates\" or \"managed\"",
+            "cluster.toml:7: ssh.cert_validity: must be between 1h and 1825d, found \"10m\"",
+            "cluster.toml:8: ssh.cert_authority_hosts[0]: \"cn*,gpu*\" is not a known_hosts \
+             host pattern: no spaces, ',' or '#' (give one pattern per item)",
+            "cluster.toml:9: ssh.known_hosts: unknown key `known_hosts`; expected one of: \
+             host_keys, cert_validity, cert_authority_hosts",
+        ]
+    );
+    assert!(
+        found[4..]
+            .iter()
+            .any(|p| p.starts_with("cluster.toml:16: boot.ssh_host_keys: unknown key")),
+        "{found:#?}"
     );
 }

@@ -47,9 +47,27 @@ pub fn collect(root: &HostRoot, layers: Option<&Layers>) -> Vec<HostKey> {
         .map(|n| n.strip_suffix(".pub").unwrap_or(n))
         .filter(|n| n.starts_with("ssh_host_") && n.ends_with("_key"))
         .collect();
+    let installed = crate::sshkeys::SshKeys::new(root.clone()).installed();
     bases
         .into_iter()
-        .map(|base| one_key(root, layers, base))
+        .map(|base| {
+            let mut key = one_key(root, layers, base);
+            // What the agent itself put in place says where it came from.
+            if let Some(i) = &installed
+                && key.path == crate::sshkeys::KEY
+                && key.fingerprint == i.fingerprint
+            {
+                match i.origin.as_str() {
+                    "certificate" => {
+                        key.origin = KeyOrigin::Certificate;
+                        key.cert_valid_before_unix = i.valid_before_unix;
+                    }
+                    "coordinator" => key.origin = KeyOrigin::Coordinator,
+                    _ => key.origin = KeyOrigin::Boot,
+                }
+            }
+            key
+        })
         .collect()
 }
 
@@ -91,6 +109,7 @@ fn one_key(root: &HostRoot, layers: Option<&Layers>, base: &str) -> HostKey {
             fingerprint: k.fingerprint,
             origin,
             comment: k.comment,
+            cert_valid_before_unix: 0,
         },
         None => HostKey {
             path,
@@ -99,6 +118,7 @@ fn one_key(root: &HostRoot, layers: Option<&Layers>, base: &str) -> HostKey {
             fingerprint: String::new(),
             origin,
             comment: String::new(),
+            cert_valid_before_unix: 0,
         },
     }
 }

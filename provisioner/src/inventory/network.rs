@@ -18,6 +18,8 @@ use crate::nodeset;
 
 /// The keys of [`NodeBoot`], accepted in `[boot]`, `[groups.NAME]` and `[[nodes]]`.
 pub(super) const NODE_BOOT_KEYS: [&str; 4] = ["loader", "kernel_args", "console", "overlay_size"];
+/// What a group or a node may set beyond [`NODE_BOOT_KEYS`] (not `[boot]`).
+pub(super) const NODE_ONLY_KEYS: [&str; 1] = ["ssh_host_keys"];
 
 const BOOT_KEYS: [&str; 11] = [
     "interface",
@@ -242,7 +244,12 @@ pub(super) fn groups(ctx: &mut Ctx<'_>, root: &Table<'_, '_>) -> BTreeMap<String
         let Some(g) = ctx.table(&t, name, Need::Required) else {
             continue;
         };
-        g.check_keys(ctx, &NODE_BOOT_KEYS);
+        let known: Vec<&str> = NODE_BOOT_KEYS
+            .iter()
+            .chain(&NODE_ONLY_KEYS)
+            .copied()
+            .collect();
+        g.check_keys(ctx, &known);
         out.insert(name.to_string(), node_boot(ctx, &g));
     }
     out
@@ -282,6 +289,12 @@ pub(super) fn node_boot(ctx: &mut Ctx<'_>, t: &Table<'_, '_>) -> NodeBoot {
             .collect(),
         console: ctx.read(t, "console", Need::Optional, console),
         overlay_size: ctx.read(t, "overlay_size", Need::Optional, overlay_size),
+        ssh_host_keys: ctx.read(
+            t,
+            "ssh_host_keys",
+            Need::Optional,
+            super::ssh::host_key_mode,
+        ),
     }
 }
 

@@ -11,7 +11,7 @@ use dfleet_proto::domain::{MacAddr, NodeName};
 use toml::de::DeValue;
 
 use super::doc::{self, Ctx, Need, Table};
-use super::network::{self, NODE_BOOT_KEYS};
+use super::network::{self, NODE_BOOT_KEYS, NODE_ONLY_KEYS};
 use super::{MAX_NODES_PER_ENTRY, MAX_NODES_TOTAL, NodeEntry};
 use crate::boot::Subnet;
 use crate::nodeset;
@@ -86,7 +86,12 @@ fn entry(
     shared: &mut Shared<'_, '_>,
     out: &mut Vec<NodeEntry>,
 ) {
-    let known: Vec<&str> = NODE_KEYS.iter().chain(&NODE_BOOT_KEYS).copied().collect();
+    let known: Vec<&str> = NODE_KEYS
+        .iter()
+        .chain(&NODE_BOOT_KEYS)
+        .chain(&NODE_ONLY_KEYS)
+        .copied()
+        .collect();
     t.check_keys(ctx, &known);
     let pattern = ctx.read(t, "name", Need::Required, doc::non_empty_string);
     let name_line = t.value_line(ctx, "name").unwrap_or_else(|| t.line(ctx));

@@ -1,0 +1,319 @@
+//! SSH host keys the agent puts in place for sshd: at start a key pair made
+//! for this boot (so sshd always has a key, coordinator or not), then what
+//! the coordinator gives for the node's mode: a host certificate for that
+//! key, or the node's own persistent (managed) key. Everything is written
+//! into the node's RAM upper layer, before sshd starts (the unit orders the
+//! agent before it) or followed by an sshd reload.
+//!
+//! Files: `/etc/ssh/ssh_host_ed25519_key` (0600) and `.pub`, the certificate
+//! `/etc/ssh/ssh_host_ed25519_key-cert.pub`, and the drop-in
+//! `/etc/ssh/sshd_config.d/50-dfleet-host-keys.conf` naming them (a HostKey
+//! line makes sshd serve only that key, not image keys). What was installed
+//! is recorded in `/run/dfleet-agent/host-keys` for the reports.
+
+use std::path::Path;
+
+use dfleet_proto::pb;
+
+use crate::os::HostRoot;
+
+pub const KEY: &str = "/etc/ssh/ssh_host_ed25519_key";
+pub const CERT: &str = "/etc/ssh/ssh_host_ed25519_key-cert.pub";
+pub const DROP_IN: &str = "/etc/ssh/sshd_config.d/50-dfleet-host-keys.conf";
+/// What the agent installed: `ORIGIN FINGERPRINT VALID_BEFORE` (origin
+/// `boot`, `certificate` or `coordinator`).
+pub const RECORD: &str = "/run/dfleet-agent/host-keys";
+const SSHD: &str = "/usr/sbin/sshd";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SshKeyError {
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("ssh-keygen: {0}")]
+    Keygen(String),
+    #[error("the coordinator's answer: {0}")]
+    Answer(String),
+}
+
+/// The host key material of this node.
+#[derive(Debug, Clone)]
+pub struct SshKeys {
+    root: HostRoot,
+}
+
+/// What is in place now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installed {
+    pub origin: String,
+    pub fingerprint: String,
+    pub valid_before_unix: u64,
+}
+
+impl SshKeys {
+    pub fn new(root: HostRoot) -> SshKeys {
+        SshKeys { root }
+    }
+
+    /// Whether this node runs sshd at all; without it there is nothing to do.
+    pub fn has_sshd(&self) -> bool {
+        self.root.exists(SSHD)
+    }
+
+    /// What the record says is installed.
+    pub fn installed(&self) -> Option<Installed> {
+        parse_record(&self.root.read_to_string(RECORD).ok()?)
+    }
+
+    /// The public key line of this boot's key, making the key pair (and the
+    /// drop-in naming it) when this boot has none yet or `fresh` asks for a
+    /// new one.
+    pub fn boot_key(&self, fresh: bool) -> Result<String, SshKeyError> {
+        if !fresh
+            && let Some(i) = self.installed()
+            && let Ok(public) = self.root.read_to_string(format!("{KEY}.pub"))
+        {
+            // Ours from earlier in this boot (the record is in /run).
+            if crate::parse::hostkey::parse(&public).is_ok_and(|k| k.fingerprint == i.fingerprint) {
+                return Ok(public.trim().to_string());
+            }
+        }
+        let dir = self.root.path("/etc/ssh");
+        std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+        let tmp = self.root.path(format!("{KEY}.dfleet-new"));
+        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_file(tmp.with_extension("dfleet-new.pub"));
+        let out = std::process::Command::new(self.root.resolve_program("ssh-keygen"))
+            .args([
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "dfleet-boot-key",
+                "-f",
+            ])
+            .arg(&tmp)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| SshKeyError::Keygen(e.to_string()))?;
+        if !out.status.success() {
+            return Err(SshKeyError::Keygen(
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            ));
+        }
+        let public = std::fs::read_to_string(format!("{}.pub", tmp.display()))
+            .map_err(io("reading", Path::new(&format!("{}.pub", tmp.display()))))?;
+        let private = std::fs::read(&tmp).map_err(io("reading", &tmp))?;
+        self.put_key(&private, public.trim())?;
+        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_file(format!("{}.pub", tmp.display()));
+        self.remove_cert()?;
+        self.write_drop_in(false)?;
+        self.record("boot", public.trim(), 0)?;
+        Ok(public.trim().to_string())
+    }
+
+    /// Puts the coordinator's answer in place. Returns what is installed.
+    pub fn install(
+        &self,
+        answer: &pb::HostKeys,
+        boot_public: &str,
+    ) -> Result<Installed, SshKeyError> {
+        if !answer.error.is_empty() {
+            return Err(SshKeyError::Answer(answer.error.clone()));
+        }
+        if let Some(k) = answer.keys.first() {
+            self.put_key(k.private_key.as_bytes(), k.public_key.trim())?;
+            self.remove_cert()?;
+            self.write_drop_in(false)?;
+            return self.record("coordinator", k.public_key.trim(), 0);
+        }
+        let Some(c) = answer
+            .certificates
+            .iter()
+            .find(|c| same_key(&c.public_key, boot_public))
+        else {
+            return Err(SshKeyError::Answer(
+                "no certificate for this boot's key".into(),
+            ));
+        };
+        self.write(
+            CERT,
+            format!("{}\n", c.certificate.trim()).as_bytes(),
+            0o644,
+        )?;
+        self.write_drop_in(true)?;
+        self.record("certificate", boot_public, c.valid_before_unix)
+    }
+
+    /// Asks a running sshd to read its keys again (nothing when it is not
+    /// running yet: it reads them when it starts).
+    pub fn reload_sshd(&self) {
+        let out = std::process::Command::new(self.root.resolve_program("systemctl"))
+            .args(["try-reload-or-restart", "sshd.service"])
+            .stdin(std::process::Stdio::null())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => tracing::info!("sshd reloaded with the new host keys"),
+            Ok(o) => tracing::warn!(
+                stderr = %String::from_utf8_lossy(&o.stderr).trim(),
+                "reloading sshd"
+            ),
+            Err(e) => tracing::warn!(error = %e, "reloading sshd"),
+        }
+    }
+
+    fn put_key(&self, private: &[u8], public: &str) -> Result<(), SshKeyError> {
+        self.write(KEY, private, 0o600)?;
+        self.write(
+            &format!("{KEY}.pub"),
+            format!("{public}\n").as_bytes(),
+            0o644,
+        )
+    }
+
+    fn remove_cert(&self) -> Result<(), SshKeyError> {
+        let path = self.root.path(CERT);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("removing", &path)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    fn write_drop_in(&self, certificate: bool) -> Result<(), SshKeyError> {
+        let mut text = format!(
+            "# Written by dfleet-agent at boot: this node's own host key{}.\nHostKey {KEY}\n",
+            if certificate {
+                " and its certificate"
+            } else {
+                ""
+            }
+        );
+        if certificate {
+            text.push_str(&format!("HostCertificate {CERT}\n"));
+        }
+        self.write(DROP_IN, text.as_bytes(), 0o644)
+    }
+
+    fn record(
+        &self,
+        origin: &str,
+        public: &str,
+        valid_before: u64,
+    ) -> Result<Installed, SshKeyError> {
+        let fingerprint = crate::parse::hostkey::parse(public)
+            .map(|k| k.fingerprint)
+            .map_err(|e| SshKeyError::Answer(format!("{public:?}: {e}")))?;
+        let i = Installed {
+            origin: origin.to_string(),
+            fingerprint,
+            valid_before_unix: valid_before,
+        };
+        let line = format!("{} {} {}\n", i.origin, i.fingerprint, i.valid_before_unix);
+        self.write(RECORD, line.as_bytes(), 0o600)?;
+        Ok(i)
+    }
+
+    /// Writes a node file atomically with `mode` (a temporary file renamed).
+    fn write(&self, node_path: &str, bytes: &[u8], mode: u32) -> Result<(), SshKeyError> {
+        let path = self.root.path(node_path);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+        }
+        crate::os::write_atomic(&path, bytes, mode).map_err(|(action, e)| io(action, &path)(e))
+    }
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SshKeyError {
+    let path = path.display().to_string();
+    move |source| SshKeyError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// The same key type and key, whatever the comments.
+fn same_key(a: &str, b: &str) -> bool {
+    let key = |s: &str| s.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    key(a) == key(b)
+}
+
+fn parse_record(text: &str) -> Option<Installed> {
+    let mut words = text.split_whitespace();
+    Some(Installed {
+        origin: words.next()?.to_string(),
+        fingerprint: words.next()?.to_string(),
+        valid_before_unix: words.next()?.parse().ok()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    #[test]
+    fn a_boot_key_is_made_once_per_boot_and_replaced_by_what_the_coordinator_gives() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = SshKeys::new(HostRoot::new(dir.path()));
+        let a = keys.boot_key(false).unwrap();
+        assert!(a.starts_with("ssh-ed25519 "), "{a}");
+        assert_eq!(keys.boot_key(false).unwrap(), a, "kept within the boot");
+        let mode = std::fs::metadata(dir.path().join("etc/ssh/ssh_host_ed25519_key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(keys.installed().unwrap().origin, "boot");
+        let drop_in =
+            std::fs::read_to_string(dir.path().join(DROP_IN.trim_start_matches('/'))).unwrap();
+        assert!(
+            drop_in.contains("HostKey /etc/ssh/ssh_host_ed25519_key\n")
+                && !drop_in.contains("HostCertificate")
+        );
+
+        // A certificate for another key is refused; one for this key installed.
+        let cert = |public: &str| pb::HostKeys {
+            mode: pb::HostKeyMode::Certificates as i32,
+            certificates: vec![pb::HostCertificate {
+                public_key: public.to_string(),
+                certificate: "ssh-ed25519-cert-v01@openssh.com AAAA".into(),
+                valid_before_unix: 42,
+            }],
+            ..Default::default()
+        };
+        assert!(keys.install(&cert("ssh-ed25519 BBBB"), &a).is_err());
+        let i = keys.install(&cert(&a), &a).unwrap();
+        assert_eq!(
+            (i.origin.as_str(), i.valid_before_unix),
+            ("certificate", 42)
+        );
+        let drop_in =
+            std::fs::read_to_string(dir.path().join(DROP_IN.trim_start_matches('/'))).unwrap();
+        assert!(drop_in.contains("HostCertificate /etc/ssh/ssh_host_ed25519_key-cert.pub\n"));
+
+        let b = keys.boot_key(true).unwrap();
+        assert_ne!(a, b, "a fresh key on rotation");
+        assert!(
+            !dir.path().join(CERT.trim_start_matches('/')).exists(),
+            "the old certificate goes"
+        );
+        let e = keys
+            .install(
+                &pb::HostKeys {
+                    error: "no CA".into(),
+                    ..Default::default()
+                },
+                &b,
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("no CA"));
+    }
+}

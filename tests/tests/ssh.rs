@@ -1,0 +1,254 @@
+//! SSH host keys with real OpenSSH: agents in sandboxes that have sshd get
+//! a host certificate (certificates mode) or their managed key from a real
+//! coordinator; `ssh-keygen -L` reads the certificate; a real sshd, in a
+//! network namespace of the test's own, serving the delivered key is reached
+//! by `ssh -o StrictHostKeyChecking=yes` with nothing but the known_hosts
+//! file `dfleet ssh known-hosts` wrote; a wrong node's key is refused.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use anyhow::{Context, Result, bail, ensure};
+use dfleet_agent::sandbox::{self, SandboxSpec};
+use dfleet_proto::domain::EventKind;
+use dfleet_tests::{Agent, Coordinator, Settings, TestNode, cluster_toml, nodes};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+fn init() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A sandbox whose node runs sshd (the host's, linked in).
+fn sandbox_with_sshd(dir: &Path, n: &TestNode) -> Result<PathBuf> {
+    let root = dir.join(&n.name);
+    sandbox::build(&root, &SandboxSpec::new(&n.name, n.mac.parse()?, n.ip))?;
+    std::fs::create_dir_all(root.join("usr/sbin"))?;
+    std::os::unix::fs::symlink("/usr/sbin/sshd", root.join("usr/sbin/sshd"))?;
+    Ok(root)
+}
+
+async fn run(cmd: &mut Command) -> Result<std::process::Output> {
+    let o = cmd
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .with_context(|| format!("{cmd:?}"))?;
+    Ok(o)
+}
+
+/// A network namespace of the test, removed when dropped.
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+/// A real sshd in `ns` on `addr:22` serving `key` (and `cert`), letting in
+/// `client.pub` as root. Ready once it says it listens.
+async fn sshd(
+    ns: &Netns,
+    dir: &Path,
+    addr: &str,
+    key: &Path,
+    cert: Option<&Path>,
+) -> Result<Child> {
+    let config = dir.join(format!("sshd-{addr}.conf"));
+    let mut text = format!(
+        "ListenAddress {addr}:22\nHostKey {}\nAuthorizedKeysFile {}\nPermitRootLogin prohibit-password\n\
+         PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
+         PidFile none\nLogLevel INFO\n",
+        key.display(),
+        dir.join("client.pub").display()
+    );
+    if let Some(cert) = cert {
+        text.push_str(&format!("HostCertificate {}\n", cert.display()));
+    }
+    std::fs::write(&config, text)?;
+    std::fs::create_dir_all("/run/sshd")?;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "/usr/sbin/sshd", "-D", "-e", "-f"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut log = BufReader::new(child.stderr.take().context("stderr")?).lines();
+    let mut seen = Vec::new();
+    loop {
+        let Some(line) = log.next_line().await? else {
+            bail!("sshd on {addr} ended:\n{}", seen.join("\n"));
+        };
+        if line.starts_with(&format!("Server listening on {addr} port 22")) {
+            break;
+        }
+        seen.push(line);
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
+    Ok(child)
+}
+
+/// `ssh root@host true` from inside `ns`, trusting only `known_hosts`.
+async fn ssh(
+    ns: &Netns,
+    dir: &Path,
+    host: &str,
+    known_hosts: &Path,
+) -> Result<std::process::Output> {
+    run(Command::new("ip")
+        .args(["netns", "exec", &ns.0, "ssh", "-F", "/dev/null"])
+        .args(["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"])
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+        .args([
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+            "-o",
+            "IdentitiesOnly=yes",
+        ])
+        .arg("-i")
+        .arg(dir.join("client"))
+        .args([&format!("root@{host}"), "true"]))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn certificates_and_managed_keys_work_with_real_openssh() -> Result<()> {
+    init();
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let ns = nodes(41, 2);
+    // cn01: certificates (the default); cn02: managed.
+    let toml = cluster_toml(d, &ns, &Settings::default()).replace(
+        "name = \"cn02\"\n",
+        "name = \"cn02\"\nssh_host_keys = \"managed\"\n",
+    );
+    let c = Coordinator::start(d, &toml).await?;
+    let mut events = c.watch().await?;
+    let roots: Vec<PathBuf> = ns
+        .iter()
+        .map(|n| sandbox_with_sshd(d, n))
+        .collect::<Result<_>>()?;
+    let mut agents = Vec::new();
+    for (n, root) in ns.iter().zip(&roots) {
+        agents.push(Agent::start_logged(&c, n, root).await?);
+    }
+    // Each agent says when the coordinator's material is in place.
+    for a in &mut agents {
+        a.wait_log("SSH host key in place").await?;
+    }
+    let issued = events.wait(EventKind::HostKeys, "cn01").await?;
+    assert!(
+        issued
+            .detail
+            .starts_with("host certificate for cn01,127.41.0.1 valid until "),
+        "{issued:?}"
+    );
+    let managed = events.wait(EventKind::HostKeys, "cn02").await?;
+    assert!(
+        managed.detail.starts_with("managed host key SHA256:"),
+        "{managed:?}"
+    );
+
+    // The certificate as OpenSSH reads it: a host certificate for this
+    // node's key, its names, signed by the cluster's CA.
+    let ca = c.cli(&["ssh", "ca", "show"]).await?;
+    let ca_fp = ca
+        .lines()
+        .find_map(|l| l.strip_prefix("fingerprint: "))
+        .context("no fingerprint")?
+        .to_string();
+    let cert = roots[0].join("etc/ssh/ssh_host_ed25519_key-cert.pub");
+    let shown = run(Command::new("ssh-keygen").arg("-L").arg("-f").arg(&cert)).await?;
+    let shown = String::from_utf8(shown.stdout)?;
+    for want in [
+        "Type: ssh-ed25519-cert-v01@openssh.com host certificate".to_string(),
+        format!("Signing CA: ED25519 {ca_fp}"),
+        "                cn01\n                127.41.0.1\n".to_string(),
+    ] {
+        assert!(shown.contains(&want), "no {want:?} in:\n{shown}");
+    }
+    // The agent's own drop-in names the key and the certificate for sshd.
+    let drop_in =
+        std::fs::read_to_string(roots[0].join("etc/ssh/sshd_config.d/50-dfleet-host-keys.conf"))?;
+    assert!(
+        drop_in.contains("HostCertificate /etc/ssh/ssh_host_ed25519_key-cert.pub"),
+        "{drop_in}"
+    );
+
+    let known_hosts = d.join("known_hosts");
+    c.cli(&[
+        "ssh",
+        "known-hosts",
+        "--out",
+        known_hosts.to_str().context("path")?,
+    ])
+    .await?;
+    let kh = std::fs::read_to_string(&known_hosts)?;
+    let cn02_pub = std::fs::read_to_string(roots[1].join("etc/ssh/ssh_host_ed25519_key.pub"))?;
+    let cn02_key: Vec<&str> = cn02_pub.split_whitespace().take(2).collect();
+    assert!(
+        kh.contains("\n@cert-authority cn01,127.41.0.1 ssh-ed25519 ")
+            && kh.contains(&format!("\ncn02,127.41.0.2 {}\n", cn02_key.join(" "))),
+        "{kh}"
+    );
+
+    // Real sshd serving what each node got, reached with only that file.
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(d.join("client")))
+    .await?;
+    let ns_name = Netns(format!("dfleet-t41-{}", std::process::id()));
+    ensure!(
+        run(Command::new("ip").args(["netns", "add", &ns_name.0]))
+            .await?
+            .status
+            .success()
+    );
+    run(Command::new("ip").args(["-n", &ns_name.0, "link", "set", "lo", "up"])).await?;
+    let key = |i: usize| roots[i].join("etc/ssh/ssh_host_ed25519_key");
+    let s1 = sshd(&ns_name, d, "127.41.0.1", &key(0), Some(&cert)).await?;
+    let s2 = sshd(&ns_name, d, "127.41.0.2", &key(1), None).await?;
+    for host in ["127.41.0.1", "127.41.0.2"] {
+        let o = ssh(&ns_name, d, host, &known_hosts).await?;
+        assert!(
+            o.status.success(),
+            "ssh {host}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    drop((s1, s2));
+    // cn01's key and certificate on cn02's address: refused.
+    let _wrong = sshd(&ns_name, d, "127.41.0.2", &key(0), Some(&cert)).await?;
+    let o = ssh(&ns_name, d, "127.41.0.2", &known_hosts).await?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("Host key verification failed"),
+        "{err}"
+    );
+
+    // A managed key stays across a reboot: the agent restarts on a node
+    // whose RAM layer is gone, and gets the same key again.
+    let fingerprint = |root: &Path| -> Result<String> {
+        let pub_line = std::fs::read_to_string(root.join("etc/ssh/ssh_host_ed25519_key.pub"))?;
+        Ok(pub_line
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_string())
+    };
+    let before = fingerprint(&roots[1])?;
+    let cn02 = agents.pop().context("cn02's agent")?;
+    cn02.kill().await?;
+    std::fs::remove_dir_all(roots[1].join("etc/ssh"))?;
+    std::fs::remove_file(roots[1].join("run/dfleet-agent/host-keys"))?;
+    let mut again = Agent::start_logged(&c, &ns[1], &roots[1]).await?;
+    events.wait(EventKind::HostKeys, "cn02").await?;
+    again.wait_log("SSH host key in place").await?;
+    assert_eq!(fingerprint(&roots[1])?, before);
+    Ok(())
+}
