@@ -581,7 +581,8 @@ fn report_of(n: &pb::NodeStatus) -> Result<Option<Report>> {
 }
 
 /// The host-key summary shown in `dfleet status`: where the node's keys come from.
-fn key_summary(r: &Report) -> String {
+/// A trailing `!` when the coordinator flags something (see `node show`).
+fn key_summary(r: &Report, warnings: &[String]) -> String {
     let mut origins: Vec<&str> = r
         .host_keys
         .iter()
@@ -595,11 +596,15 @@ fn key_summary(r: &Report) -> String {
         .collect();
     origins.sort_unstable();
     origins.dedup();
-    if origins.is_empty() {
-        "none".into()
+    let mut s = if origins.is_empty() {
+        "none".to_string()
     } else {
         origins.join(",")
+    };
+    if !warnings.is_empty() && !s.ends_with('!') {
+        s.push('!');
     }
+    s
 }
 
 struct Row {
@@ -654,7 +659,7 @@ fn rows(resp: &pb::StatusResponse) -> Result<Vec<Row>> {
                         o.seconds_to_full
                             .map(human_duration)
                             .unwrap_or_else(|| "-".into()),
-                        key_summary(r),
+                        key_summary(r, &n.host_key_warnings),
                         r.failing_checks().join(","),
                     )
                 }
@@ -758,6 +763,7 @@ fn node_json(n: &pb::NodeStatus) -> Result<serde_json::Value> {
     if !n.enrollment_refused.is_empty() {
         v["enrollment_refused"] = serde_json::Value::String(n.enrollment_refused.clone());
     }
+    v["host_key_warnings"] = serde_json::json!(n.host_key_warnings);
     Ok(v)
 }
 
@@ -898,10 +904,17 @@ fn node_detail(n: &pb::NodeStatus) -> Result<String> {
     ));
     out.push_str("host keys:\n");
     for k in &r.host_keys {
+        let until = match k.cert_valid_before_unix {
+            0 => String::new(),
+            t => format!(", certificate until {}", format_time(t as i64 * 1000)),
+        };
         out.push_str(&format!(
-            "  {:<40} {} {} {} ({})\n",
+            "  {:<40} {} {} {} ({}{until})\n",
             k.path, k.bits, k.fingerprint, k.key_type, k.origin
         ));
+    }
+    for w in &n.host_key_warnings {
+        out.push_str(&format!("  WARNING {w}\n"));
     }
     out.push_str("checks:\n");
     for c in &r.checks {

@@ -122,6 +122,8 @@ pub struct NodeView {
     pub enrollment_refused: String,
     /// The boot its latest stream said it runs (its report may be older).
     pub boot_id: String,
+    /// What is wrong with its SSH host keys ("shared: …", "expiring: …").
+    pub host_key_warnings: Vec<String>,
 }
 
 /// Counters for the metrics endpoint.
@@ -261,6 +263,8 @@ pub enum Command {
         detail: String,
         actor: String,
         failed: bool,
+        /// A managed key sent: its fingerprint, what the node must serve.
+        managed_fingerprint: Option<String>,
     },
     /// An order id for an exec, and the stream of each of `names` that has
     /// one: (node, Some((connection id, its outbound channel))).
@@ -394,6 +398,8 @@ struct NodeRec {
     row: NodeRow,
     overlay_alarm: bool,
     enrollment_refused: String,
+    /// What is wrong with its SSH host keys, from its latest report.
+    host_key_flags: Vec<crate::ssh::flags::Flag>,
 }
 
 struct Conn {
@@ -525,6 +531,10 @@ pub struct Fleet {
     assignments: HashMap<String, GenerationRef>,
     /// The id of the last order sent on any stream.
     next_order: u64,
+    /// Which nodes report each SSH host key fingerprint.
+    key_owners: crate::ssh::flags::KeyOwners,
+    /// The fingerprint of each managed node's key as last sent to it.
+    managed_fingerprints: HashMap<String, String>,
 }
 
 impl Fleet {
@@ -561,6 +571,7 @@ impl Fleet {
                     row,
                     overlay_alarm: false,
                     enrollment_refused: String::new(),
+                    host_key_flags: Vec::new(),
                 },
             );
         }
@@ -597,6 +608,8 @@ impl Fleet {
             options,
             assignments,
             next_order: 0,
+            key_owners: Default::default(),
+            managed_fingerprints: HashMap::new(),
         }
     }
 
@@ -851,7 +864,11 @@ impl Fleet {
                 detail,
                 actor,
                 failed,
+                managed_fingerprint,
             } => {
+                if let Some(fp) = managed_fingerprint {
+                    self.managed_fingerprints.insert(node.clone(), fp);
+                }
                 let kind = if failed {
                     EventKind::HostKeysFailed
                 } else {
@@ -955,6 +972,11 @@ impl Fleet {
             report: rec.row.report.clone(),
             enrollment_refused: rec.enrollment_refused.clone(),
             boot_id: rec.row.boot_id.clone(),
+            host_key_warnings: rec
+                .host_key_flags
+                .iter()
+                .map(|f| format!("{}: {}", f.kind, f.detail))
+                .collect(),
         })
     }
 
@@ -1285,9 +1307,22 @@ impl Fleet {
         let ready = report.is_ready();
         let failing = report.failing_checks().join(", ");
         let health = self.inv.health.clone();
+        let flags = self.host_key_flags(name, &report.host_keys);
         let Some(rec) = self.nodes.get_mut(name) else {
             return;
         };
+        // A flag is an event when it appears (its kind and key are new).
+        let seen = |f: &crate::ssh::flags::Flag| {
+            rec.host_key_flags
+                .iter()
+                .any(|o| o.kind == f.kind && o.fingerprint == f.fingerprint)
+        };
+        let new_flags: Vec<String> = flags
+            .iter()
+            .filter(|f| !seen(f))
+            .map(|f| f.detail.clone())
+            .collect();
+        rec.host_key_flags = flags;
         rec.row.last_seen_ms = now_ms();
         // Overlay thresholds raise one event when crossed and one when cleared.
         let o = &report.overlay;
@@ -1318,12 +1353,40 @@ impl Fleet {
             };
             self.emit(EventKind::OverlayThreshold, name, detail, "");
         }
+        for detail in new_flags {
+            self.emit(EventKind::HostKeyWarning, name, detail, "");
+        }
         if ready {
             self.set_state(name, NodeState::Ready, "every check passes".into());
         } else {
             self.set_state(name, NodeState::NotReady, format!("failing: {failing}"));
         }
         self.persist(name);
+    }
+
+    /// The node's SSH host key flags from its report's keys (and the
+    /// fleet's: a key another node has too).
+    fn host_key_flags(
+        &mut self,
+        name: &str,
+        keys: &[dfleet_proto::domain::HostKey],
+    ) -> Vec<crate::ssh::flags::Flag> {
+        self.key_owners.update(name, keys);
+        let mode = self
+            .inv
+            .node(name)
+            .map(|e| self.inv.host_key_mode(e))
+            .unwrap_or_default();
+        let mut flags = crate::ssh::flags::node_flags(
+            mode,
+            keys,
+            self.managed_fingerprints.get(name).map(String::as_str),
+            self.inv.ssh.cert_validity,
+            (now_ms() / 1000).max(0) as u64,
+        );
+        flags.extend(self.key_owners.shared(name));
+        flags.sort();
+        flags
     }
 
     fn renew(&mut self, name: &str, conn: u64, csr_der: &[u8]) {
@@ -1583,6 +1646,7 @@ impl Fleet {
                         },
                         overlay_alarm: false,
                         enrollment_refused: String::new(),
+                        host_key_flags: Vec::new(),
                     },
                 );
             }

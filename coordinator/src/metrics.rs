@@ -240,6 +240,36 @@ pub fn render(s: &MetricsSnapshot) -> String {
         );
     }
     f.header(
+        "dfleet_node_host_key_warnings",
+        "gauge",
+        "SSH host key problems the coordinator flags on the node (see dfleet node show).",
+    );
+    for n in &s.nodes {
+        f.sample(
+            "dfleet_node_host_key_warnings",
+            &[("node", n.entry.name.as_str())],
+            n.host_key_warnings.len() as f64,
+        );
+    }
+    f.header(
+        "dfleet_host_key_warning_nodes",
+        "gauge",
+        "Nodes with an SSH host key flag of this kind: the same key as another node (shared), a managed key replaced on the node (changed), a host certificate close to or past its expiry (expiring, expired).",
+    );
+    for kind in ["shared", "changed", "expiring", "expired"] {
+        let prefix = format!("{kind}: ");
+        let nodes = s
+            .nodes
+            .iter()
+            .filter(|n| n.host_key_warnings.iter().any(|w| w.starts_with(&prefix)))
+            .count();
+        f.sample(
+            "dfleet_host_key_warning_nodes",
+            &[("kind", kind)],
+            nodes as f64,
+        );
+    }
+    f.header(
         "dfleet_node_connected",
         "gauge",
         "1 while the node's agent holds its stream.",

@@ -317,6 +317,7 @@ fn node_status(v: NodeView, full: bool) -> pb::NodeStatus {
         assigned: None,
         report,
         enrollment_refused: v.enrollment_refused,
+        host_key_warnings: v.host_key_warnings,
     }
 }
 

@@ -121,26 +121,73 @@ async fn certificates_and_managed_keys_work_with_real_openssh() -> Result<()> {
     init();
     let dir = tempfile::tempdir()?;
     let d = dir.path();
-    let ns = nodes(41, 2);
-    // cn01: certificates (the default); cn02: managed.
+    let ns = nodes(41, 4);
+    // cn01: certificates (the default); cn02: managed; cn03 and cn04 run no
+    // sshd and were built from an image with host keys in it.
     let toml = cluster_toml(d, &ns, &Settings::default()).replace(
         "name = \"cn02\"\n",
         "name = \"cn02\"\nssh_host_keys = \"managed\"\n",
     );
     let c = Coordinator::start(d, &toml).await?;
     let mut events = c.watch().await?;
-    let roots: Vec<PathBuf> = ns
+    let mut roots: Vec<PathBuf> = ns[..2]
         .iter()
         .map(|n| sandbox_with_sshd(d, n))
         .collect::<Result<_>>()?;
+    for n in &ns[2..] {
+        let mut spec = SandboxSpec::new(&n.name, n.mac.parse()?, n.ip);
+        spec.shared_image_keys = true;
+        let root = d.join(&n.name);
+        sandbox::build(&root, &spec)?;
+        roots.push(root);
+    }
+    // One image: cn04's lower holds cn03's image keys (merged view too).
+    for dir in [
+        sandbox::LOWER.to_string() + "/etc/ssh",
+        "etc/ssh".to_string(),
+    ] {
+        for entry in std::fs::read_dir(roots[2].join(&dir))? {
+            let entry = entry?;
+            std::fs::copy(entry.path(), roots[3].join(&dir).join(entry.file_name()))?;
+        }
+    }
     let mut agents = Vec::new();
     for (n, root) in ns.iter().zip(&roots) {
         agents.push(Agent::start_logged(&c, n, root).await?);
     }
-    // Each agent says when the coordinator's material is in place.
-    for a in &mut agents {
+    // Each agent with sshd says when the coordinator's material is in place.
+    for a in &mut agents[..2] {
         a.wait_log("SSH host key in place").await?;
     }
+    // The image's keys are the same on cn03 and cn04: flagged on both.
+    for node in ["cn03", "cn04"] {
+        let other = if node == "cn03" { "cn04" } else { "cn03" };
+        let flag = events.wait(EventKind::HostKeyWarning, node).await?;
+        assert!(
+            flag.detail.starts_with("host key SHA256:")
+                && flag.detail.ends_with(&format!(" is also on {other} (1)")),
+            "{flag:?}"
+        );
+    }
+    let status = c.status_json().await?;
+    let warnings = |node: &str| -> Vec<String> {
+        status["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["name"] == node)
+            .and_then(|n| n["host_key_warnings"].as_array())
+            .map(|w| {
+                w.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        warnings("cn03").iter().all(|w| w.starts_with("shared: ")) && !warnings("cn03").is_empty()
+    );
+    assert_eq!(warnings("cn01"), Vec::<String>::new());
     let issued = events.wait(EventKind::HostKeys, "cn01").await?;
     assert!(
         issued
@@ -192,8 +239,9 @@ async fn certificates_and_managed_keys_work_with_real_openssh() -> Result<()> {
     let cn02_pub = std::fs::read_to_string(roots[1].join("etc/ssh/ssh_host_ed25519_key.pub"))?;
     let cn02_key: Vec<&str> = cn02_pub.split_whitespace().take(2).collect();
     assert!(
-        kh.contains("\n@cert-authority cn01,127.41.0.1 ssh-ed25519 ")
-            && kh.contains(&format!("\ncn02,127.41.0.2 {}\n", cn02_key.join(" "))),
+        kh.contains(
+            "\n@cert-authority cn01,127.41.0.1,cn03,127.41.0.3,cn04,127.41.0.4 ssh-ed25519 "
+        ) && kh.contains(&format!("\ncn02,127.41.0.2 {}\n", cn02_key.join(" "))),
         "{kh}"
     );
 
@@ -231,8 +279,6 @@ async fn certificates_and_managed_keys_work_with_real_openssh() -> Result<()> {
         "{err}"
     );
 
-    // A managed key stays across a reboot: the agent restarts on a node
-    // whose RAM layer is gone, and gets the same key again.
     let fingerprint = |root: &Path| -> Result<String> {
         let pub_line = std::fs::read_to_string(root.join("etc/ssh/ssh_host_ed25519_key.pub"))?;
         Ok(pub_line
@@ -242,7 +288,28 @@ async fn certificates_and_managed_keys_work_with_real_openssh() -> Result<()> {
             .to_string())
     };
     let before = fingerprint(&roots[1])?;
-    let cn02 = agents.pop().context("cn02's agent")?;
+    // Someone makes a new key on cn02 by hand: its managed key changed.
+    let hand = roots[1].join("etc/ssh/by-hand");
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "root@by-hand", "-f"])
+        .arg(&hand))
+    .await?;
+    std::fs::rename(&hand, key(1))?;
+    std::fs::rename(
+        hand.with_extension("pub"),
+        roots[1].join("etc/ssh/ssh_host_ed25519_key.pub"),
+    )?;
+    let changed = events.wait(EventKind::HostKeyWarning, "cn02").await?;
+    assert!(
+        changed
+            .detail
+            .contains("instead of its managed key SHA256:"),
+        "{changed:?}"
+    );
+
+    // A managed key stays across a reboot: the agent restarts on a node
+    // whose RAM layer is gone, and gets the same key again.
+    let cn02 = agents.remove(1);
     cn02.kill().await?;
     std::fs::remove_dir_all(roots[1].join("etc/ssh"))?;
     std::fs::remove_file(roots[1].join("run/dfleet-agent/host-keys"))?;

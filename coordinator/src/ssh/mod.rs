@@ -11,6 +11,7 @@
 //! ```
 
 pub mod cli;
+pub mod flags;
 pub mod known_hosts;
 
 use std::fs;
@@ -423,6 +424,11 @@ pub async fn serve(
     let Ok((answer, ctx)) = answered else {
         return;
     };
+    let managed_fingerprint = answer
+        .keys
+        .first()
+        .and_then(|k| PublicKey::from_openssh(&k.public_key).ok())
+        .map(|k| k.fingerprint(HashAlg::Sha256).to_string());
     let (detail, failed) = if !answer.error.is_empty() {
         (answer.error.clone(), true)
     } else if let Some(c) = answer.certificates.first() {
@@ -457,6 +463,7 @@ pub async fn serve(
             detail,
             actor: String::new(),
             failed,
+            managed_fingerprint,
         })
         .await;
 }
@@ -499,7 +506,7 @@ pub async fn rotate(
         .await?;
     let (mut managed, mut ordered, mut later, mut failed) = (vec![], vec![], vec![], vec![]);
     for (node, mode, stream) in targets {
-        let (message, detail) = match mode {
+        let (message, detail, managed_fingerprint) = match mode {
             HostKeyMode::Managed => {
                 let s = ssh.clone();
                 let n = node.clone();
@@ -516,6 +523,7 @@ pub async fn rotate(
                                 detail: format!("rotating the managed key: {e}"),
                                 actor: actor.to_string(),
                                 failed: true,
+                                managed_fingerprint: None,
                             })
                             .await;
                         continue;
@@ -523,6 +531,7 @@ pub async fn rotate(
                 };
                 managed.push(node.clone());
                 let detail = format!("managed host key rotated: now {}", key.fingerprint);
+                let fingerprint = Some(key.fingerprint.clone());
                 let message = pb::coordinator_message::Kind::HostKeys(pb::HostKeys {
                     mode: pb::HostKeyMode::Managed as i32,
                     keys: vec![pb::ManagedHostKey {
@@ -531,7 +540,7 @@ pub async fn rotate(
                     }],
                     ..Default::default()
                 });
-                (message, detail)
+                (message, detail, fingerprint)
             }
             HostKeyMode::Certificates => {
                 if stream.is_none() {
@@ -543,7 +552,11 @@ pub async fn rotate(
                     id: order_id,
                     kind: Some(pb::order::Kind::RotateHostKeys(pb::RotateHostKeys {})),
                 });
-                (message, "ordered to make a new host key pair".to_string())
+                (
+                    message,
+                    "ordered to make a new host key pair".to_string(),
+                    None,
+                )
             }
         };
         if let Some(stream) = &stream {
@@ -559,6 +572,7 @@ pub async fn rotate(
                 detail,
                 actor: actor.to_string(),
                 failed: false,
+                managed_fingerprint,
             })
             .await;
     }
