@@ -180,6 +180,7 @@ impl Collector {
             readiness::generation(&booted, stamp_error.as_deref(), assigned),
             readiness::systemd(&self.root, self.config.systemd_timeout).await,
         ];
+        checks.extend(readiness::ssh_host_keys(&self.root));
         for check in self.config.checks.iter().chain(&self.coordinator_checks) {
             checks.push(readiness::command(&self.root, check).await);
         }

@@ -103,6 +103,10 @@ pub struct Agent {
 /// coordinator before it starts with this boot's own key.
 pub const HOST_KEY_WAIT: Duration = Duration::from_secs(30);
 
+/// How long a connected agent with sshd holds its first report for the
+/// coordinator's host key answer.
+const FIRST_REPORT_WAIT: Duration = Duration::from_secs(5);
+
 /// The agent's side of the node's SSH host keys.
 struct SshState {
     keys: crate::sshkeys::SshKeys,
@@ -272,7 +276,8 @@ impl Agent {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "host keys from the coordinator");
-                None
+                // Asked again in a while; the report says what is missing.
+                Some(Instant::now() + Duration::from_secs(60))
             }
         }
     }
@@ -381,7 +386,12 @@ impl Agent {
         tracing::info!(node = creds.node, "connected to the coordinator");
 
         let mut last_used = None;
-        let mut next_report = Instant::now();
+        // With sshd, the first report waits (briefly) for the host key
+        // answer, so that it does not show the boot key as a failing check.
+        let mut next_report = match self.ssh {
+            Some(_) => Instant::now() + FIRST_REPORT_WAIT,
+            None => Instant::now(),
+        };
         let mut next_poll = Instant::now() + CHANGE_POLL;
         let mut renew_at = instant_at(creds.renew_at_unix());
         let mut pending_key: Option<rcgen::KeyPair> = None;

@@ -14,6 +14,7 @@ use crate::parse::stamp;
 
 pub const OVERLAY_ROOT: &str = "overlay-root";
 pub const GENERATION: &str = "generation";
+pub const SSH_HOST_KEYS: &str = "ssh-host-keys";
 pub const SYSTEMD: &str = "systemd";
 
 /// A configured check command, e.g. `slurmd` registered or NHC.
@@ -42,6 +43,33 @@ mod seconds {
 
 /// `/` is the designed overlay: overlay fstype, a lower layer, and the upper in RAM (tmpfs, or a
 /// filesystem on a zram device).
+/// On a node that runs sshd: whether it serves the coordinator's host key
+/// material (a certificate or its managed key), not only the key this boot
+/// made while waiting for it. `None` without sshd.
+pub fn ssh_host_keys(root: &crate::os::HostRoot) -> Option<Check> {
+    let keys = crate::sshkeys::SshKeys::new(root.clone());
+    if !keys.has_sshd() {
+        return None;
+    }
+    Some(match keys.installed() {
+        Some(i) if i.origin == "certificate" => Check::pass(
+            SSH_HOST_KEYS,
+            format!("host certificate, key {}", i.fingerprint),
+        ),
+        Some(i) if i.origin == "coordinator" => {
+            Check::pass(SSH_HOST_KEYS, format!("managed key {}", i.fingerprint))
+        }
+        Some(i) => Check::fail(
+            SSH_HOST_KEYS,
+            format!(
+                "no host key material from the coordinator: sshd serves this boot's own key {}",
+                i.fingerprint
+            ),
+        ),
+        None => Check::fail(SSH_HOST_KEYS, "no host key put in place by the agent"),
+    })
+}
+
 pub fn overlay_root(facts: &OverlayFacts) -> Check {
     if facts.root_fstype.is_empty() {
         return Check::fail(
@@ -311,5 +339,40 @@ mod tests {
             toml::from_str("name = \"nhc\"\nargv = [\"/usr/sbin/nhc\"]\ntimeout = 2.5").unwrap();
         assert_eq!(c.timeout, Duration::from_millis(2500));
         assert!(toml::from_str::<CheckCommand>("name = \"x\"\nargv = []\nbogus = 1").is_err());
+    }
+
+    #[test]
+    fn the_ssh_check_wants_the_coordinators_material_on_nodes_with_sshd() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = crate::os::HostRoot::new(dir.path());
+        assert_eq!(ssh_host_keys(&root), None, "no sshd, no check");
+        std::fs::create_dir_all(dir.path().join("usr/sbin")).unwrap();
+        std::fs::write(dir.path().join("usr/sbin/sshd"), "").unwrap();
+        let c = ssh_host_keys(&root).unwrap();
+        assert_eq!(
+            (c.status, c.detail.as_str()),
+            (CheckStatus::Fail, "no host key put in place by the agent")
+        );
+        let keys = crate::sshkeys::SshKeys::new(root.clone());
+        let public = keys.boot_key(false).unwrap();
+        let c = ssh_host_keys(&root).unwrap();
+        assert!(
+            c.status == CheckStatus::Fail && c.detail.contains("serves this boot's own key"),
+            "{c:?}"
+        );
+        let managed = dfleet_proto::pb::HostKeys {
+            mode: dfleet_proto::pb::HostKeyMode::Managed as i32,
+            keys: vec![dfleet_proto::pb::ManagedHostKey {
+                private_key: "-----BEGIN OPENSSH PRIVATE KEY-----\n".into(),
+                public_key: public.clone(),
+            }],
+            ..Default::default()
+        };
+        keys.install(&managed, &public).unwrap();
+        let c = ssh_host_keys(&root).unwrap();
+        assert!(
+            c.status == CheckStatus::Pass && c.detail.starts_with("managed key SHA256:"),
+            "{c:?}"
+        );
     }
 }

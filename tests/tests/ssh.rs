@@ -169,7 +169,23 @@ async fn certificates_and_managed_keys_work_with_real_openssh() -> Result<()> {
             "{flag:?}"
         );
     }
+    // Ready means every check passed, the host key check of a node with
+    // sshd included.
+    events.wait(EventKind::Ready, "cn01").await?;
     let status = c.status_json().await?;
+    let cn01 = status["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["name"] == "cn01")
+        .context("cn01 in status")?;
+    let check = cn01["report"]["checks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["name"] == "ssh-host-keys")
+        .context("no ssh-host-keys check")?;
+    assert_eq!(check["status"], "pass", "{check}");
     let warnings = |node: &str| -> Vec<String> {
         status["nodes"]
             .as_array()
