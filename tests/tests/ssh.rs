@@ -3,7 +3,10 @@
 //! coordinator; `ssh-keygen -L` reads the certificate; a real sshd, in a
 //! network namespace of the test's own, serving the delivered key is reached
 //! by `ssh -o StrictHostKeyChecking=yes` with nothing but the known_hosts
-//! file `dfleet ssh known-hosts` wrote; a wrong node's key is refused.
+//! file `dfleet ssh known-hosts` wrote; a wrong node's key is refused;
+//! `dfleet ssh rotate` gives both a new key; the coordinator flags keys
+//! shared by nodes of one image and a managed key replaced by hand; a
+//! managed key comes back the same after the node's RAM layer is gone.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -304,6 +307,35 @@ async fn certificates_and_managed_keys_work_with_real_openssh() -> Result<()> {
             .to_string())
     };
     let before = fingerprint(&roots[1])?;
+    // `ssh rotate`: cn01 makes a new key pair and has it certified, cn02
+    // gets a new managed key.
+    let cn01_before = fingerprint(&roots[0])?;
+    let rotated = c.cli(&["ssh", "rotate", "cn[01-02]"]).await?;
+    assert!(
+        rotated.contains("new managed keys: cn02 (1)")
+            && rotated.contains("new key pairs ordered: cn01 (1)"),
+        "{rotated}"
+    );
+    for a in &mut agents[..2] {
+        a.wait_log("SSH host key in place").await?;
+    }
+    assert_ne!(fingerprint(&roots[0])?, cn01_before);
+    let cn02_rotated = fingerprint(&roots[1])?;
+    assert_ne!(cn02_rotated, before);
+    let shown = run(Command::new("ssh-keygen").arg("-L").arg("-f").arg(&cert)).await?;
+    let shown = String::from_utf8(shown.stdout)?;
+    let new_fp = run(Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(roots[0].join("etc/ssh/ssh_host_ed25519_key.pub")))
+    .await?;
+    let new_fp = String::from_utf8(new_fp.stdout)?;
+    let new_fp = new_fp.split_whitespace().nth(1).context("fingerprint")?;
+    assert!(
+        shown.contains(&format!("Public key: ED25519-CERT {new_fp}")),
+        "{shown}"
+    );
+    let before = cn02_rotated;
+
     // Someone makes a new key on cn02 by hand: its managed key changed.
     let hand = roots[1].join("etc/ssh/by-hand");
     run(Command::new("ssh-keygen")
