@@ -1247,17 +1247,15 @@ impl Fleet {
             None => format!("stream, boot {boot_id}"),
         };
         self.emit(EventKind::Connected, &node, detail, "");
-        // A returning node is connected until its first report says more.
+        // A returning node is connected until its first report says more;
+        // so is a node on a new boot, whose last report (ready or not) was
+        // about the boot before (a coordinator restarted meanwhile kept it).
         let rec = self
             .nodes
             .get_mut(&node)
             .expect("inventory node has a record");
-        if matches!(
-            rec.row.state,
-            NodeState::Unknown | NodeState::Pending | NodeState::Stale | NodeState::Lost
-        ) {
-            rec.row.state = NodeState::Connected;
-        }
+        let report_boot = rec.row.report.as_ref().map(|r| r.identity.boot_id.as_str());
+        rec.row.state = state_on_stream(rec.row.state, report_boot, &boot_id);
         self.persist(&node);
         let host_key_mode = self
             .inv
@@ -1809,11 +1807,40 @@ impl dfleet_provisioner::nodeset::Groups for FleetGroups<'_> {
     }
 }
 
+/// A node's state when a stream from boot `boot_id` opens: a node back
+/// from silence or never seen is connected until it reports; so is one
+/// whose last report came from another boot (its ready or not-ready was
+/// about that boot). Otherwise its state stays.
+fn state_on_stream(state: NodeState, report_boot: Option<&str>, boot_id: &str) -> NodeState {
+    let old_boot = report_boot.is_some_and(|b| b != boot_id);
+    if old_boot
+        || matches!(
+            state,
+            NodeState::Unknown | NodeState::Pending | NodeState::Stale | NodeState::Lost
+        )
+    {
+        NodeState::Connected
+    } else {
+        state
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const S: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn a_stream_from_a_new_boot_is_not_ready_before_it_reports() {
+        use NodeState::*;
+        assert_eq!(state_on_stream(Ready, Some("b1"), "b1"), Ready);
+        assert_eq!(state_on_stream(NotReady, Some("b1"), "b1"), NotReady);
+        assert_eq!(state_on_stream(Ready, Some("b1"), "b2"), Connected);
+        assert_eq!(state_on_stream(NotReady, Some("b1"), "b2"), Connected);
+        assert_eq!(state_on_stream(Stale, Some("b1"), "b1"), Connected);
+        assert_eq!(state_on_stream(Unknown, None, "b1"), Connected);
+    }
     const L: Duration = Duration::from_secs(120);
 
     #[test]

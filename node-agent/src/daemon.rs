@@ -267,12 +267,8 @@ impl Agent {
                 if ssh.notified.load(std::sync::atomic::Ordering::SeqCst) {
                     ssh.keys.reload_sshd();
                 }
-                (installed.valid_before_unix > 0).then(|| {
-                    let left = installed
-                        .valid_before_unix
-                        .saturating_sub(unix_now() as u64);
-                    Instant::now() + Duration::from_secs((left / 3).max(60))
-                })
+                crate::sshkeys::renew_in(installed.valid_before_unix, unix_now() as u64)
+                    .map(|d| Instant::now() + d)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "host keys from the coordinator");

@@ -238,6 +238,16 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SshKe
     }
 }
 
+/// When to ask for a new certificate: at two thirds of the life left of one
+/// just installed (valid until `valid_before`), never sooner than a minute;
+/// `None` for no certificate.
+pub fn renew_in(valid_before: u64, now: u64) -> Option<std::time::Duration> {
+    (valid_before > 0).then(|| {
+        let left = valid_before.saturating_sub(now);
+        std::time::Duration::from_secs((left * 2 / 3).max(60))
+    })
+}
+
 /// The same key type and key, whatever the comments.
 fn same_key(a: &str, b: &str) -> bool {
     let key = |s: &str| s.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
@@ -258,6 +268,17 @@ mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     use super::*;
+
+    #[test]
+    fn certificates_are_renewed_at_two_thirds_of_their_life() {
+        let day = 86_400;
+        assert_eq!(renew_in(0, 100), None);
+        assert_eq!(
+            renew_in(100 + 30 * day, 100),
+            Some(std::time::Duration::from_secs(20 * day))
+        );
+        assert_eq!(renew_in(50, 100), Some(std::time::Duration::from_secs(60)));
+    }
 
     #[test]
     fn a_boot_key_is_made_once_per_boot_and_replaced_by_what_the_coordinator_gives() {

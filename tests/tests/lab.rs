@@ -2,8 +2,8 @@
 //! the lab image over the network (dnsmasq DHCP and TFTP, pxelinux, kernel
 //! and initramfs with dfleet's dracut module, NFSv3 from nfs-ganesha as the
 //! read-only lower layer, tmpfs upper, systemd, the agent enrolling over
-//! mTLS). One lab session serves every scenario, in order, with four boots
-//! in all:
+//! mTLS). One lab session serves every scenario, in order, with five boots
+//! of lab01 and four of lab02 in all:
 //! 1. both nodes reach multi-user on the overlay root; lab01's NFS root is
 //!    mounted by the distribution's nfs module, lab02's by dfleet's own path
 //!    (`dfleet.mount=self` in its inventory entry), and the test checks which
@@ -22,7 +22,15 @@
 //!    and a rollout moves both nodes onto it: each is ordered to reboot by
 //!    the coordinator, PXE-boots lab:2's menu, mounts lab:2's export and
 //!    reports it, and the rollout completes (`dfleet rollout wait`);
-//! 6. `dfleet lab down` leaves no process, mount or namespace behind.
+//!    before it (step 3) and after: what each node's sshd serves (`ssh-keyscan`) is the
+//!    key its agent reports, lab01 (certificates) and lab02 (managed) have
+//!    different keys, `ssh -o StrictHostKeyChecking=yes` with only the
+//!    fleet's known_hosts verifies both, and lab02's managed key is the same
+//!    after its reboots;
+//! 6. with the coordinator stopped, a power-cycled lab01 still reaches
+//!    multi-user with sshd serving a key of its own boot; once the
+//!    coordinator is back, its agent gets that key certified and reloads sshd;
+//! 7. `dfleet lab down` leaves no process, mount or namespace behind.
 //!
 //! Runs as root, last and alone (test group `lab`); the lab directory is
 //! fixed (`DFLEET_TEST_LAB_DIR`, default /var/tmp/dfleet-tests-lab) so a run
@@ -230,6 +238,74 @@ fn pid_alive(pid: i32, start: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// The lab's network namespace.
+fn netns(dir: &Path) -> Result<String> {
+    Ok(std::fs::read_to_string(dir.join("netns"))?
+        .trim()
+        .to_string())
+}
+
+/// The fingerprint of the ed25519 host key the sshd at `ip` serves, read
+/// with `ssh-keyscan` from the lab's namespace.
+fn served_key(dir: &Path, ip: &str) -> Result<String> {
+    let o = std::process::Command::new("ip")
+        .args(["netns", "exec", &netns(dir)?])
+        .args(["ssh-keyscan", "-T", "30", "-t", "ed25519", ip])
+        .output()?;
+    let scanned = String::from_utf8_lossy(&o.stdout).to_string();
+    if !scanned.contains(" ssh-ed25519 ") {
+        bail!("ssh-keyscan {ip} found no ed25519 key:\n{}", text(&o));
+    }
+    let file = dir.join(format!("keyscan-{ip}"));
+    std::fs::write(&file, &scanned)?;
+    let o = std::process::Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(&file)
+        .output()?;
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .nth(1)
+        .map(str::to_string)
+        .with_context(|| format!("ssh-keygen -lf {}: {}", file.display(), text(&o)))
+}
+
+/// The fingerprint a node's agent reports for the key dfleet manages.
+fn reported_key(dir: &Path, name: &str) -> Result<String> {
+    let c = coordinator_node(dir, name)?;
+    c["report"]["host_keys"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|k| k["path"] == "/etc/ssh/ssh_host_ed25519_key")
+        .and_then(|k| k["fingerprint"].as_str())
+        .map(str::to_string)
+        .with_context(|| format!("{name} reports no ed25519 host key: {c}"))
+}
+
+/// `ssh` to `ip` from the lab's namespace trusting only `known_hosts`
+/// (strict checking): the host key must verify. Nobody may log in to the lab
+/// image, so the end is the server refusing the login, after the host key.
+fn host_key_verifies(dir: &Path, ip: &str, known_hosts: &Path) -> Result<()> {
+    let o = std::process::Command::new("ip")
+        .args(["netns", "exec", &netns(dir)?, "ssh", "-F", "/dev/null"])
+        .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"])
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+        .args([
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+            "-o",
+            "ConnectTimeout=30",
+        ])
+        .args([&format!("root@{ip}"), "true"])
+        .output()?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    if err.contains("Host key verification failed") || !err.contains("Permission denied") {
+        bail!("ssh {ip} with the fleet's known_hosts: {err}");
+    }
+    Ok(())
+}
+
 #[test]
 fn two_nodes_boot_over_the_network_onto_the_overlay_root() -> Result<()> {
     if !rustix::process::geteuid().is_root() {
@@ -372,6 +448,45 @@ fn two_nodes_boot_over_the_network_onto_the_overlay_root() -> Result<()> {
         text(&verify)
     );
 
+    // ---- 3b. SSH host keys: lab01 has a host certificate, lab02 its
+    // managed key; what sshd serves is what the agent reports, the keys
+    // differ, and the fleet's known_hosts verifies both
+    let known_hosts = dir.join("known_hosts");
+    admin(
+        &dir,
+        &[
+            "ssh",
+            "known-hosts",
+            "--out",
+            known_hosts.to_str().context("path")?,
+        ],
+    )?;
+    let mut served = Vec::new();
+    for (name, ip) in [("lab01", "10.77.0.11"), ("lab02", "10.77.0.12")] {
+        let key = served_key(&dir, ip)?;
+        assert_eq!(key, reported_key(&dir, name)?, "{name} serves another key");
+        host_key_verifies(&dir, ip, &known_hosts)?;
+        served.push(key);
+    }
+    assert_ne!(served[0], served[1], "both nodes serve the same key");
+    let origins: Vec<String> = NODES
+        .iter()
+        .map(|n| {
+            let c = coordinator_node(&dir, n)?;
+            let keys = c["report"]["host_keys"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            Ok(keys
+                .iter()
+                .find(|k| k["path"] == "/etc/ssh/ssh_host_ed25519_key")
+                .map(|k| k["origin"].as_str().unwrap_or_default().to_string())
+                .unwrap_or_default())
+        })
+        .collect::<Result<_>>()?;
+    assert_eq!(origins, ["certificate", "coordinator"]);
+    let managed_key = served[1].clone();
+
     // ---- 4. no NFS server: lab02 stalls and says where, lab01 is served
     lab_ok(&dir, &["nfs", "stop"])?;
     lab_ok(&dir, &["power", "cycle", "lab02"])?;
@@ -479,7 +594,37 @@ fn two_nodes_boot_over_the_network_onto_the_overlay_root() -> Result<()> {
         );
     }
 
-    // ---- 6. down leaves nothing behind
+    // Managed keys survive reboots (lab02 booted twice since), and lab01's
+    // new boot key has its certificate.
+    assert_eq!(
+        served_key(&dir, "10.77.0.12")?,
+        managed_key,
+        "lab02's managed key changed"
+    );
+    for (name, ip) in [("lab01", "10.77.0.11"), ("lab02", "10.77.0.12")] {
+        assert_eq!(served_key(&dir, ip)?, reported_key(&dir, name)?, "{name}");
+        host_key_verifies(&dir, ip, &known_hosts)?;
+    }
+
+    // ---- 6. the coordinator stopped: a booting node's sshd still comes
+    // up (with a key of that boot), and has its certificate once the
+    // coordinator is back
+    lab_ok(&dir, &["coordinator", "stop"])?;
+    lab_ok(&dir, &["power", "cycle", "lab01"])?;
+    lab_ok(
+        &dir,
+        &["wait", "lab01", "--until", "multi-user", "--timeout", "420"],
+    )?;
+    let own = served_key(&dir, "10.77.0.11")?;
+    lab_ok(&dir, &["coordinator", "start"])?;
+    lab_ok(
+        &dir,
+        &["wait", "lab01", "--until", "ready", "--timeout", "420"],
+    )?;
+    assert_eq!(reported_key(&dir, "lab01")?, own);
+    host_key_verifies(&dir, "10.77.0.11", &known_hosts)?;
+
+    // ---- 7. down leaves nothing behind
     let pids = std::fs::read_to_string(dir.join("pids"))?;
     let netns = std::fs::read_to_string(dir.join("netns"))?
         .trim()

@@ -64,7 +64,8 @@ pub enum LabCommand {
     /// nodes booting over the network. Waits until every node is ready or
     /// one stalls. Odd-numbered nodes get their NFS root mounted by the
     /// distribution's dracut nfs module, even-numbered ones by dfleet's own
-    /// path (`dfleet.mount=self`), so both paths boot.
+    /// path (`dfleet.mount=self`), so both paths boot. Odd-numbered nodes
+    /// get SSH host certificates, even-numbered ones managed host keys.
     Up {
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=50))]
         nodes: u8,
@@ -96,6 +97,13 @@ pub enum LabCommand {
     /// Stop or start the lab's NFS server (nfs-ganesha), to see what nodes
     /// do without it.
     Nfs {
+        action: NfsAction,
+        #[arg(long, default_value = DEFAULT_DIR)]
+        dir: PathBuf,
+    },
+    /// Stop or start the lab's coordinator, to see what nodes do without it
+    /// (sshd still comes up on a booting node, with a key of that boot).
+    Coordinator {
         action: NfsAction,
         #[arg(long, default_value = DEFAULT_DIR)]
         dir: PathBuf,
@@ -190,6 +198,16 @@ pub fn run(cmd: &LabCommand) -> Result<std::process::ExitCode> {
                 Ok(std::process::ExitCode::SUCCESS)
             })
         }
+        LabCommand::Coordinator { action, dir } => {
+            let lab = Lab::open(dir)?;
+            rt.block_on(async {
+                match action {
+                    NfsAction::Stop => lab.stop_coordinator().await?,
+                    NfsAction::Start => lab.start_coordinator(&self_exe()?).await?,
+                }
+                Ok(std::process::ExitCode::SUCCESS)
+            })
+        }
         LabCommand::Fill { node, size, dir } => {
             let lab = Lab::open(dir)?;
             let n = lab.node(node)?;
@@ -223,6 +241,7 @@ pub fn run(cmd: &LabCommand) -> Result<std::process::ExitCode> {
                         names.join(", "),
                         match until {
                             Until::Ready => "ready",
+                            Until::MultiUser => "at multi-user",
                             Until::Stalled => "stalled",
                         },
                         limit.as_secs()
@@ -340,6 +359,9 @@ pub fn cluster_toml(dir: &Path, nodes: u8) -> String {
         if n.self_mount() {
             entries.push_str("# dfleet's dracut module mounts the NFS root itself.\n");
             entries.push_str("kernel_args = [\"dfleet.mount=self\"]\n");
+            // Both SSH host key modes: odd nodes get host certificates (the
+            // default), even ones their managed key.
+            entries.push_str("ssh_host_keys = \"managed\"\n");
         }
     }
     format!(
@@ -724,6 +746,55 @@ impl Lab {
             cache::entry(&keys.published).display(),
             secs(t)
         );
+        Ok(())
+    }
+
+    // -------------------------------------------------------- coordinator
+
+    /// Starts the coordinator in the lab's namespace and waits for its
+    /// ready line (in a log of its own per start).
+    async fn start_coordinator(&self, exe: &Path) -> Result<()> {
+        if let Some(p) = running(&self.dir, "coordinator")? {
+            bail!("the coordinator is running already (PID {})", p.pid);
+        }
+        let t = now();
+        let config = self.dir.join("cluster.toml");
+        let log = self.dir.join("logs/coordinator.log");
+        // A restart appends: the ready line looked for is the one after here.
+        let from = std::fs::metadata(&log)
+            .map(|m| m.len() as usize)
+            .unwrap_or(0);
+        let coordinator = self.spawn_in_ns(
+            "coordinator",
+            &[
+                exe.display().to_string(),
+                "serve".into(),
+                "--config".into(),
+                config.display().to_string(),
+            ],
+            &log,
+        )?;
+        wait_for(
+            "the coordinator's ready line",
+            Duration::from_secs(30),
+            || {
+                let text = read_lossy(&log);
+                let new = text.get(from..).unwrap_or_default();
+                if !coordinator.alive() {
+                    bail!("the coordinator exited:\n{new}");
+                }
+                Ok(new.contains("dfleet: serving"))
+            },
+        )
+        .await?;
+        println!("lab: coordinator serving on {HOST_IP}:7443 ({}s)", secs(t));
+        Ok(())
+    }
+
+    async fn stop_coordinator(&self) -> Result<()> {
+        let c = running(&self.dir, "coordinator")?.context("the coordinator is not running")?;
+        procs::stop(&c).await?;
+        println!("lab: stopped the coordinator (PID {})", c.pid);
         Ok(())
     }
 
@@ -1131,33 +1202,8 @@ async fn start(
 
     // The coordinator. dnsmasq's log must exist before it starts: the
     // coordinator follows it for unknown MACs and gives up on a missing file.
-    let t = now();
     std::fs::File::create(dir.join("logs/dnsmasq.log"))?;
-    let config = dir.join("cluster.toml");
-    let log = dir.join("logs/coordinator.log");
-    let coordinator = lab.spawn_in_ns(
-        "coordinator",
-        &[
-            exe.display().to_string(),
-            "serve".into(),
-            "--config".into(),
-            config.display().to_string(),
-        ],
-        &log,
-    )?;
-    wait_for(
-        "the coordinator's ready line",
-        Duration::from_secs(30),
-        || {
-            let text = read_lossy(&log);
-            if !coordinator.alive() {
-                bail!("the coordinator exited:\n{text}");
-            }
-            Ok(text.contains("dfleet: serving"))
-        },
-    )
-    .await?;
-    println!("lab: coordinator serving on {HOST_IP}:7443 ({}s)", secs(t));
+    lab.start_coordinator(exe).await?;
 
     lab.prepare_image(keys, agent)?;
     let t = now();
@@ -1312,6 +1358,9 @@ async fn start(
 pub enum Until {
     /// The agent enrolled and ready, in the current boot.
     Ready,
+    /// Multi-user reached in the current boot (the serial marker), whatever
+    /// the coordinator knows: sshd and the agent have started.
+    MultiUser,
     /// Stalled: a boot error on the console, or past the boot deadline.
     Stalled,
 }
@@ -1320,6 +1369,7 @@ impl Until {
     fn holds(self, r: &Row) -> bool {
         match self {
             Until::Ready => r.boot.phase == Phase::Ready,
+            Until::MultiUser => r.boot.phase >= Phase::MultiUser,
             Until::Stalled => r.stalled,
         }
     }

@@ -88,7 +88,9 @@ pub fn parse_status_json(text: &str) -> Result<Vec<(String, CoordinatorView)>> {
                     .as_u64()
                     .filter(|ms| *ms > 0)
                     .map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
-                ready: n["ready"].as_bool().unwrap_or(false),
+                // The node's state, not its last report's checks: a node on
+                // a new boot is not ready before it reported from it.
+                ready: n["state"] == "ready",
                 state: n["state"].as_str().unwrap_or_default().to_string(),
             };
             (name, view)
