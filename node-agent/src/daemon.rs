@@ -114,8 +114,6 @@ struct SshState {
     public: String,
     /// Told once the coordinator's material is in place.
     settled: Option<tokio::sync::oneshot::Sender<()>>,
-    /// Set once systemd was told the agent is ready (sshd may be running).
-    notified: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Agent {
@@ -157,6 +155,8 @@ impl Agent {
     /// unreachable: it keeps trying.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
         tokio::pin!(shutdown);
+        // First, so that sshd's wait for the agent is bounded from the start.
+        self.start_ssh();
         let first = self.collector.collect(None).await;
         let mac = first
             .identity
@@ -165,7 +165,6 @@ impl Agent {
             .unwrap_or_default();
         let boot_id = first.identity.boot_id.clone();
         tracing::info!(coordinator = %self.coordinator.addr, mac, boot_id, "dfleet-agent starting");
-        self.start_ssh();
         let mut reach = Reachability::default();
         loop {
             let creds = match Credentials::load(&self.cfg.state_dir, &boot_id) {
@@ -215,8 +214,6 @@ impl Agent {
             }
         };
         let (settled, wait) = tokio::sync::oneshot::channel::<()>();
-        let notified = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = notified.clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = wait => {}
@@ -225,14 +222,12 @@ impl Agent {
                     HOST_KEY_WAIT.as_secs()
                 ),
             }
-            flag.store(true, std::sync::atomic::Ordering::SeqCst);
             notify_ready();
         });
         self.ssh = Some(SshState {
             keys,
             public,
             settled: Some(settled),
-            notified,
         });
     }
 
@@ -264,9 +259,10 @@ impl Agent {
                 if let Some(settled) = ssh.settled.take() {
                     let _ = settled.send(());
                 }
-                if ssh.notified.load(std::sync::atomic::Ordering::SeqCst) {
-                    ssh.keys.reload_sshd();
-                }
+                // A running sshd (started after the wait, or before this
+                // agent restarted) reads the new material; one not started
+                // yet is left alone.
+                ssh.keys.reload_sshd();
                 crate::sshkeys::renew_in(installed.valid_before_unix, unix_now() as u64)
                     .map(|d| Instant::now() + d)
             }

@@ -152,10 +152,11 @@ impl SshKeys {
     }
 
     /// Asks a running sshd to read its keys again (nothing when it is not
-    /// running yet: it reads them when it starts).
+    /// running yet: it reads them when it starts). `--no-block`: during boot
+    /// sshd's start waits for this agent, which must not wait for it.
     pub fn reload_sshd(&self) {
         let out = std::process::Command::new(self.root.resolve_program("systemctl"))
-            .args(["try-reload-or-restart", "sshd.service"])
+            .args(["--no-block", "try-reload-or-restart", "sshd.service"])
             .stdin(std::process::Stdio::null())
             .output();
         match out {
