@@ -213,6 +213,17 @@ impl Agent {
                 return;
             }
         };
+        if keys.installed().is_some_and(|i| i.origin != "boot") {
+            // The agent restarted within this boot: sshd has (or starts
+            // with) the coordinator's material already.
+            notify_ready();
+            self.ssh = Some(SshState {
+                keys,
+                public,
+                settled: None,
+            });
+            return;
+        }
         let (settled, wait) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             tokio::select! {
@@ -245,24 +256,30 @@ impl Agent {
         })
     }
 
-    /// Installs the coordinator's host key material; returns when to ask
-    /// again (a certificate's renewal at two thirds of its life).
-    fn install_host_keys(&mut self, answer: &pb::HostKeys) -> Option<Instant> {
+    /// Installs the coordinator's host key material and has sshd serve it;
+    /// returns when to ask again (a certificate's renewal at two thirds of
+    /// its life, or soon after a failure).
+    async fn install_host_keys(&mut self, answer: &pb::HostKeys) -> Option<Instant> {
         let ssh = self.ssh.as_mut()?;
-        match ssh.keys.install(answer, &ssh.public) {
+        let installed = ssh.keys.install(answer, &ssh.public);
+        // sshd may start now, with these files. Told before any restart of
+        // it below, which would otherwise wait for this agent's start (the
+        // unit orders the agent before sshd).
+        if let Some(settled) = ssh.settled.take() {
+            let _ = settled.send(());
+        }
+        notify_ready();
+        let served = match installed {
+            Ok(i) => ssh.keys.serve(&i).await.map(|()| i),
+            Err(e) => Err(e),
+        };
+        match served {
             Ok(installed) => {
                 tracing::info!(
                     origin = installed.origin,
                     fingerprint = installed.fingerprint,
                     "SSH host key in place"
                 );
-                if let Some(settled) = ssh.settled.take() {
-                    let _ = settled.send(());
-                }
-                // A running sshd (started after the wait, or before this
-                // agent restarted) reads the new material; one not started
-                // yet is left alone.
-                ssh.keys.reload_sshd();
                 crate::sshkeys::renew_in(installed.valid_before_unix, unix_now() as u64)
                     .map(|d| Instant::now() + d)
             }
@@ -371,24 +388,42 @@ impl Agent {
             Ok(_) => return End::Lost("the coordinator did not welcome the stream".into()),
             Err(s) => return ended(&s),
         };
-        if let Some(request) = self.host_key_request(host_key_mode) {
-            let _ = tx.send(request).await;
+        // When to ask for host key material again (a certificate's renewal).
+        let mut host_keys_at: Option<Instant> = None;
+        // A certificate of this boot that sshd serves is kept over a new
+        // stream (sshd is not restarted for nothing); anything else is asked
+        // for now.
+        let certified = self.ssh.as_ref().and_then(|s| {
+            (host_key_mode == pb::HostKeyMode::Certificates as i32)
+                .then(|| s.keys.current_certificate(&s.public))
+                .flatten()
+                .filter(|&valid_before| valid_before > unix_now() as u64 + 60)
+        });
+        let mut asked = false;
+        if let Some(valid_before) = certified {
+            host_keys_at = crate::sshkeys::renew_in(valid_before, unix_now() as u64)
+                .map(|d| Instant::now() + d);
+        } else if let Some(request) = self.host_key_request(host_key_mode) {
+            asked = tx.send(request).await.is_ok();
         }
         reach.ok();
-        tracing::info!(node = creds.node, "connected to the coordinator");
+        let host_keys = match (certified, asked) {
+            (Some(_), _) => "certificate kept",
+            (None, true) => "asked for",
+            (None, false) => "none",
+        };
+        tracing::info!(node = creds.node, host_keys, "connected to the coordinator");
 
         let mut last_used = None;
         // With sshd, the first report waits (briefly) for the host key
         // answer, so that it does not show the boot key as a failing check.
-        let mut next_report = match self.ssh {
-            Some(_) => Instant::now() + FIRST_REPORT_WAIT,
-            None => Instant::now(),
+        let mut next_report = match asked {
+            true => Instant::now() + FIRST_REPORT_WAIT,
+            false => Instant::now(),
         };
         let mut next_poll = Instant::now() + CHANGE_POLL;
         let mut renew_at = instant_at(creds.renew_at_unix());
         let mut pending_key: Option<rcgen::KeyPair> = None;
-        // When to ask for host key material again (a certificate's renewal).
-        let mut host_keys_at: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = shutdown.as_mut() => return End::Shutdown,
@@ -493,7 +528,7 @@ impl Agent {
                             }
                         }
                         Some(pb::coordinator_message::Kind::HostKeys(answer)) => {
-                            host_keys_at = self.install_host_keys(&answer);
+                            host_keys_at = self.install_host_keys(&answer).await;
                             // The report shows the new key at once.
                             next_report = Instant::now();
                         }

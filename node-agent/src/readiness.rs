@@ -341,8 +341,8 @@ mod tests {
         assert!(toml::from_str::<CheckCommand>("name = \"x\"\nargv = []\nbogus = 1").is_err());
     }
 
-    #[test]
-    fn the_ssh_check_wants_the_coordinators_material_on_nodes_with_sshd() {
+    #[tokio::test]
+    async fn the_ssh_check_wants_the_coordinators_material_on_nodes_with_sshd() {
         let dir = tempfile::tempdir().unwrap();
         let root = crate::os::HostRoot::new(dir.path());
         assert_eq!(ssh_host_keys(&root), None, "no sshd, no check");
@@ -368,7 +368,14 @@ mod tests {
             }],
             ..Default::default()
         };
-        keys.install(&managed, &public).unwrap();
+        let installed = keys.install(&managed, &public).unwrap();
+        let c = ssh_host_keys(&root).unwrap();
+        assert_eq!(
+            c.status,
+            CheckStatus::Fail,
+            "in place, not served yet: {c:?}"
+        );
+        keys.serve(&installed).await.unwrap();
         let c = ssh_host_keys(&root).unwrap();
         assert!(
             c.status == CheckStatus::Pass && c.detail.starts_with("managed key SHA256:"),

@@ -2,8 +2,8 @@
 //! the lab image over the network (dnsmasq DHCP and TFTP, pxelinux, kernel
 //! and initramfs with dfleet's dracut module, NFSv3 from nfs-ganesha as the
 //! read-only lower layer, tmpfs upper, systemd, the agent enrolling over
-//! mTLS). One lab session serves every scenario, in order, with four boots
-//! in all:
+//! mTLS). One lab session serves every scenario, in order, with five boots
+//! of lab01 and four of lab02 in all:
 //! 1. both nodes reach multi-user on the overlay root; lab01's NFS root is
 //!    mounted by the distribution's nfs module, lab02's by dfleet's own path
 //!    (`dfleet.mount=self` in its inventory entry), and the test checks which
@@ -22,11 +22,15 @@
 //!    and a rollout moves both nodes onto it: each is ordered to reboot by
 //!    the coordinator, PXE-boots lab:2's menu, mounts lab:2's export and
 //!    reports it, and the rollout completes (`dfleet rollout wait`);
-//!    and, checked at step 3: what each node's sshd serves (`ssh-keyscan`) is
-//!    the key its agent reports, lab01 (certificates) and lab02 (managed)
-//!    have different keys, and `ssh -o StrictHostKeyChecking=yes` with only
-//!    the fleet's known_hosts verifies both;
-//! 6. `dfleet lab down` leaves no process, mount or namespace behind.
+//!    before it (step 3) and after: what each node's sshd serves (`ssh-keyscan`) is the
+//!    key its agent reports, lab01 (certificates) and lab02 (managed) have
+//!    different keys, `ssh -o StrictHostKeyChecking=yes` with only the
+//!    fleet's known_hosts verifies both, and lab02's managed key is the same
+//!    after its reboots;
+//! 6. with the coordinator stopped, a power-cycled lab01 still reaches
+//!    multi-user with sshd serving a key of its own boot; once the
+//!    coordinator is back, its agent gets that key certified and reloads sshd;
+//! 7. `dfleet lab down` leaves no process, mount or namespace behind.
 //!
 //! Runs as root, last and alone (test group `lab`); the lab directory is
 //! fixed (`DFLEET_TEST_LAB_DIR`, default /var/tmp/dfleet-tests-lab) so a run
@@ -481,6 +485,7 @@ fn two_nodes_boot_over_the_network_onto_the_overlay_root() -> Result<()> {
         })
         .collect::<Result<_>>()?;
     assert_eq!(origins, ["certificate", "coordinator"]);
+    let managed_key = served[1].clone();
 
     // ---- 4. no NFS server: lab02 stalls and says where, lab01 is served
     lab_ok(&dir, &["nfs", "stop"])?;
@@ -589,7 +594,37 @@ fn two_nodes_boot_over_the_network_onto_the_overlay_root() -> Result<()> {
         );
     }
 
-    // ---- 6. down leaves nothing behind
+    // Managed keys survive reboots (lab02 booted twice since), and lab01's
+    // new boot key has its certificate.
+    assert_eq!(
+        served_key(&dir, "10.77.0.12")?,
+        managed_key,
+        "lab02's managed key changed"
+    );
+    for (name, ip) in [("lab01", "10.77.0.11"), ("lab02", "10.77.0.12")] {
+        assert_eq!(served_key(&dir, ip)?, reported_key(&dir, name)?, "{name}");
+        host_key_verifies(&dir, ip, &known_hosts)?;
+    }
+
+    // ---- 6. the coordinator stopped: a booting node's sshd still comes
+    // up (with a key of that boot), and has its certificate once the
+    // coordinator is back
+    lab_ok(&dir, &["coordinator", "stop"])?;
+    lab_ok(&dir, &["power", "cycle", "lab01"])?;
+    lab_ok(
+        &dir,
+        &["wait", "lab01", "--until", "multi-user", "--timeout", "420"],
+    )?;
+    let own = served_key(&dir, "10.77.0.11")?;
+    lab_ok(&dir, &["coordinator", "start"])?;
+    lab_ok(
+        &dir,
+        &["wait", "lab01", "--until", "ready", "--timeout", "420"],
+    )?;
+    assert_eq!(reported_key(&dir, "lab01")?, own);
+    host_key_verifies(&dir, "10.77.0.11", &known_hosts)?;
+
+    // ---- 7. down leaves nothing behind
     let pids = std::fs::read_to_string(dir.join("pids"))?;
     let netns = std::fs::read_to_string(dir.join("netns"))?
         .trim()

@@ -6,7 +6,9 @@
 //! file `dfleet ssh known-hosts` wrote; a wrong node's key is refused;
 //! `dfleet ssh rotate` gives both a new key; the coordinator flags keys
 //! shared by nodes of one image and a managed key replaced by hand; a
-//! managed key comes back the same after the node's RAM layer is gone.
+//! managed key comes back the same after the node's RAM layer is gone; after
+//! a coordinator restart a certified node keeps the certificate its sshd
+//! serves (no new one, no sshd restart) and a managed node gets the same key.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -365,5 +367,27 @@ async fn certificates_and_managed_keys_work_with_real_openssh() -> Result<()> {
     events.wait(EventKind::HostKeys, "cn02").await?;
     again.wait_log("SSH host key in place").await?;
     assert_eq!(fingerprint(&roots[1])?, before);
+
+    // The coordinator restarts: cn01 keeps the certificate its sshd serves
+    // (no new one, no sshd restart); cn02 asks for its managed key again,
+    // which is the same.
+    let cert = std::fs::read_to_string(roots[0].join("etc/ssh/ssh_host_ed25519_key-cert.pub"))?;
+    let port = c.grpc.rsplit(':').next().context("port")?.to_string();
+    drop(events);
+    let mut c = c;
+    c.kill().await?;
+    let toml = toml.replace("127.0.0.1:0\"]", &format!("127.0.0.1:{port}\"]"));
+    let c2 = Coordinator::start(d, &toml).await?;
+    let line = agents[0].wait_log("connected to the coordinator").await?;
+    assert!(line.contains("\"certificate kept\""), "{line}");
+    let line = again.wait_log("connected to the coordinator").await?;
+    assert!(line.contains("\"asked for\""), "{line}");
+    again.wait_log("SSH host key in place").await?;
+    assert_eq!(fingerprint(&roots[1])?, before);
+    assert_eq!(
+        std::fs::read_to_string(roots[0].join("etc/ssh/ssh_host_ed25519_key-cert.pub"))?,
+        cert
+    );
+    drop(c2);
     Ok(())
 }
