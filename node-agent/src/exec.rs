@@ -16,8 +16,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::os::HostRoot;
 
-/// The environment a command gets: nothing of the agent's own.
-const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// The environment a command gets is nothing of the agent's own: `PATH` is
+/// the directories the agent looks programs up in.
+fn path_env() -> String {
+    crate::os::PROGRAM_DIRS.join(":")
+}
 
 /// The most output bytes a command may send when the order names no cap.
 pub const DEFAULT_MAX_OUTPUT: usize = 1 << 20;
@@ -90,7 +93,7 @@ async fn execute(
     let mut cmd = tokio::process::Command::new(&path);
     cmd.args(args)
         .env_clear()
-        .env("PATH", PATH)
+        .env("PATH", path_env())
         .env("HOME", "/root")
         .env("LANG", "C.UTF-8")
         .current_dir("/")
@@ -253,7 +256,7 @@ mod tests {
             ..Default::default()
         })
         .await;
-        assert_eq!(String::from_utf8(out).unwrap(), format!("{PATH}\n"));
+        assert_eq!(String::from_utf8(out).unwrap(), format!("{}\n", path_env()));
         assert_eq!(err, b"unset\n");
         assert_eq!(
             (done.order_id, done.exit_code, done.timed_out),

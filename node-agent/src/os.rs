@@ -102,6 +102,16 @@ fn first_line(s: &str) -> Option<&str> {
     s.lines().map(str::trim).find(|l| !l.is_empty())
 }
 
+/// Where programs are looked for (the agent's `PATH`), on the node or in a sandbox.
+pub const PROGRAM_DIRS: [&str; 6] = [
+    "/usr/local/sbin",
+    "/usr/local/bin",
+    "/usr/sbin",
+    "/usr/bin",
+    "/sbin",
+    "/bin",
+];
+
 /// The machine as the agent sees it, rooted at a directory (`/` on a real node).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostRoot {
@@ -234,31 +244,34 @@ impl HostRoot {
         })
     }
 
-    /// Where a program is found. On the real machine: as given (`PATH` applies). Under a sandbox
-    /// root, a program the sandbox provides in its own `bin` directories wins (so a simulated node
-    /// can carry a fake `systemctl`), and anything else runs from the host.
-    pub fn resolve_program(&self, program: &str) -> PathBuf {
-        if self.is_system() {
-            return PathBuf::from(program);
+    /// The machine's own copy of a program: a path under the root, or the
+    /// first of the standard `bin` directories under it that holds it.
+    pub fn own_program(&self, program: &str) -> Option<PathBuf> {
+        if program.contains('/') {
+            let p = self.path(program);
+            return p.is_file().then_some(p);
         }
-        let candidates: Vec<PathBuf> = if program.contains('/') {
-            vec![self.path(program)]
-        } else {
-            [
-                "/usr/local/sbin",
-                "/usr/local/bin",
-                "/usr/sbin",
-                "/usr/bin",
-                "/sbin",
-                "/bin",
-            ]
+        PROGRAM_DIRS
             .iter()
             .map(|dir| self.path(dir).join(program))
-            .collect()
-        };
-        candidates
-            .into_iter()
             .find(|p| p.is_file())
+    }
+
+    /// Where a program is found, as an absolute path when it is found at all:
+    /// the machine's own ([`HostRoot::own_program`]); under a sandbox root,
+    /// else the host's (so a simulated node can carry a fake `systemctl` and
+    /// run everything else from the host). Spawning an absolute path needs
+    /// no `PATH` search, which lets the standard library use `posix_spawn`
+    /// instead of `fork` (the cost of `fork` grows with the parent's memory:
+    /// it is what a swarm of agents in one process pays per command). A
+    /// program found nowhere is returned as given, for the spawn error.
+    pub fn resolve_program(&self, program: &str) -> PathBuf {
+        self.own_program(program)
+            .or_else(|| {
+                (!self.is_system())
+                    .then(|| HostRoot::new("/").own_program(program))
+                    .flatten()
+            })
             .unwrap_or_else(|| PathBuf::from(program))
     }
 
@@ -350,6 +363,29 @@ mod tests {
 
     fn argv(args: &[&str]) -> Vec<String> {
         args.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn programs_resolve_to_absolute_paths_the_sandboxs_own_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let own = dir.path().join("usr/sbin/systemctl");
+        std::fs::create_dir_all(own.parent().unwrap()).unwrap();
+        std::fs::write(&own, "#!/bin/sh\n").unwrap();
+        let root = HostRoot::new(dir.path());
+        assert_eq!(root.resolve_program("systemctl"), own);
+        assert_eq!(root.own_program("systemctl"), Some(own));
+        // Not in the sandbox: the host's, by its absolute path; but it is not
+        // the sandbox's own.
+        let sh = root.resolve_program("sh");
+        assert!(sh.is_absolute() && sh.ends_with("bin/sh"), "{sh:?}");
+        assert_eq!(root.own_program("sh"), None);
+        let system = HostRoot::new("/");
+        assert_eq!(system.resolve_program("sh"), sh);
+        // Nowhere: as given, for the spawn error to name.
+        assert_eq!(
+            root.resolve_program("no-such-program"),
+            PathBuf::from("no-such-program")
+        );
     }
 
     #[test]

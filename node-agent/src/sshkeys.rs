@@ -227,13 +227,13 @@ impl SshKeys {
         self.record(installed)
     }
 
-    /// The systemctl to drive sshd with: the system's, or under a sandbox
-    /// root only one the sandbox provides (never the host's, whose sshd is
-    /// not the node's).
+    /// The systemctl to drive sshd with: the machine's own (under a sandbox
+    /// root, one the sandbox provides; never the host's, whose sshd is not
+    /// the node's).
     fn systemctl(&self) -> Option<String> {
-        let program = self.root.resolve_program("systemctl");
-        (self.root.is_system() || program.is_absolute())
-            .then(|| program.to_string_lossy().into_owned())
+        self.root
+            .own_program("systemctl")
+            .map(|p| p.to_string_lossy().into_owned())
     }
 
     fn put_key(&self, private: &[u8], public: &str) -> Result<(), SshKeyError> {

@@ -21,19 +21,8 @@ use dfleet_tests::{Agent, Coordinator, Settings, cluster_toml, nodes};
 
 /// (RSS bytes, CPU seconds) of a process, from /proc.
 fn usage(pid: u32) -> Result<(u64, f64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("VmRSS")?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name, which may contain spaces.
-    let rest = stat.rsplit_once(')').context("stat")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
-    Ok((rss_kib * 1024, ticks / 100.0))
+    let u = dfleet_tests::proc_usage(pid)?;
+    Ok((u.rss_kib * 1024, u.cpu_s))
 }
 
 fn pid_of_child_named(parent_dir: &Path, name: &str) -> Result<u32> {

@@ -58,6 +58,49 @@ pub fn bench_args() -> Vec<String> {
         .collect()
 }
 
+/// What /proc says of a process.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcUsage {
+    /// User and system CPU time, in seconds.
+    pub cpu_s: f64,
+    pub rss_kib: u64,
+    /// The peak RSS.
+    pub hwm_kib: u64,
+    /// Bytes it caused to be written to storage.
+    pub write_bytes: u64,
+}
+
+/// A process's CPU time and memory from /proc/PID/{stat,status,io}.
+pub fn proc_usage(pid: u32) -> Result<ProcUsage> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which ends with the last ')'.
+    let rest = stat.rsplit_once(')').context("/proc/PID/stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime, in USER_HZ (100 on Linux) ticks.
+    let cpu_s = (f[11].parse::<u64>()? + f[12].parse::<u64>()?) as f64 / 100.0;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = |key: &str| -> Result<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("{key} in /proc/{pid}/status"))
+    };
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io"))?;
+    let write_bytes = io
+        .lines()
+        .find_map(|l| l.strip_prefix("write_bytes: "))
+        .and_then(|v| v.trim().parse().ok())
+        .context("write_bytes in /proc/PID/io")?;
+    Ok(ProcUsage {
+        cpu_s,
+        rss_kib: kib("VmRSS:")?,
+        hwm_kib: kib("VmHWM:")?,
+        write_bytes,
+    })
+}
+
 /// A node in a test inventory.
 #[derive(Debug, Clone)]
 pub struct TestNode {
@@ -217,10 +260,22 @@ impl Coordinator {
     }
 
     pub async fn start_with(dir: &Path, config: &Path) -> Result<Coordinator> {
+        Self::spawn(dir, config, "info").await
+    }
+
+    /// Like `start`, logging at `level` (`warn` keeps a swarm's coordinator
+    /// from writing a line per event).
+    pub async fn start_logging(dir: &Path, toml: &str, level: &str) -> Result<Coordinator> {
+        let config = dir.join("cluster.toml");
+        std::fs::write(&config, toml)?;
+        Self::spawn(dir, &config, level).await
+    }
+
+    async fn spawn(dir: &Path, config: &Path, level: &str) -> Result<Coordinator> {
         let mut child = Command::new(bin("dfleet"))
             .args(["serve", "--config"])
             .arg(config)
-            .env("DFLEET_LOG", "info")
+            .env("DFLEET_LOG", level)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
