@@ -29,7 +29,6 @@
 
 use std::collections::HashSet;
 use std::io::Write as _;
-use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,16 +42,6 @@ use dfleet_agent::os::HostRoot;
 use dfleet_agent::sandbox::{self, SandboxSpec};
 use dfleet_tests::{Coordinator, Settings, TestNode, cluster_toml, proc_usage};
 use tokio::sync::{Notify, watch};
-
-/// Node `i` (1-based): 127.80.x.y, 250 to a /24.
-fn node(i: usize) -> TestNode {
-    let (hi, lo) = ((i - 1) / 250, (i - 1) % 250 + 1);
-    TestNode {
-        name: format!("cn{i:05}"),
-        mac: format!("52:54:02:00:{hi:02x}:{lo:02x}"),
-        ip: Ipv4Addr::new(127, 80, hi as u8, lo as u8),
-    }
-}
 
 /// What the agents' log says, read as it is written: which nodes connected
 /// since the counter was last reset, and the warnings.
@@ -257,7 +246,7 @@ async fn main() -> Result<()> {
 
     let dir = tempfile::tempdir()?;
     let d = dir.path();
-    let ns: Vec<TestNode> = (1..=n).map(node).collect();
+    let ns: Vec<TestNode> = dfleet_tests::swarm_nodes(n, 80, 5);
     let settings = Settings {
         report_interval: Box::leak(format!("{interval}s").into_boxed_str()),
         stale_after: "120s",

@@ -121,6 +121,22 @@ pub fn nodes(k: u8, count: u8) -> Vec<TestNode> {
         .collect()
 }
 
+/// Node `i` of a swarm of `count` (benchmarks): names `cn` and `i` on
+/// `width` digits, 250 nodes to each 127.`net`.x.0/24, MACs
+/// 52:54:`net`:00:x:y.
+pub fn swarm_nodes(count: usize, net: u8, width: usize) -> Vec<TestNode> {
+    (1..=count)
+        .map(|i| {
+            let (hi, lo) = ((i - 1) / 250, (i - 1) % 250 + 1);
+            TestNode {
+                name: format!("cn{i:0width$}"),
+                mac: format!("52:54:{net:02x}:00:{hi:02x}:{lo:02x}"),
+                ip: Ipv4Addr::new(127, net, hi as u8, lo as u8),
+            }
+        })
+        .collect()
+}
+
 /// Coordinator settings a test may change.
 #[derive(Debug, Clone)]
 pub struct Settings {

@@ -23,22 +23,10 @@
 
 mod ssh;
 
-use std::net::Ipv4Addr;
-
 use anyhow::{Context, Result, bail};
 use dfleet_agent::sandbox::{self, SandboxSpec};
 use dfleet_proto::domain::EventKind;
 use dfleet_tests::{Agent, Coordinator, Settings, TestNode, cluster_toml};
-
-/// Node `i` (1-based) of a swarm.
-fn node(i: usize) -> TestNode {
-    let (hi, lo) = ((i - 1) / 250, (i - 1) % 250 + 1);
-    TestNode {
-        name: format!("cn{i:04}"),
-        mac: format!("52:54:01:00:{hi:02x}:{lo:02x}"),
-        ip: Ipv4Addr::new(127, 70, hi as u8, lo as u8),
-    }
-}
 
 /// Seconds each run of `dfleet exec SET -b -- CMD` took, checking that every
 /// node answered 0.
@@ -101,7 +89,7 @@ async fn main() -> Result<()> {
         let mut dfleet = Vec::new();
         {
             let dir = tempfile::tempdir()?;
-            let ns: Vec<TestNode> = (1..=n).map(node).collect();
+            let ns: Vec<TestNode> = dfleet_tests::swarm_nodes(n, 70, 4);
             // Reports once a minute: the runs measure exec, not report traffic.
             let settings = Settings {
                 report_interval: "60s",
