@@ -19,6 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(out.join("dfleet_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()
         .build_transport(false)
+        .codec_path("crate::codec::LeanCodec")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! domain types of [`domain`] in one place, [`convert`]. Nothing outside the
 //! RPC edges should touch [`pb`].
 
+pub mod codec;
 pub mod convert;
 pub mod domain;
 
