@@ -54,6 +54,16 @@ pub enum Command {
     },
     /// Run a local demo fleet: a coordinator and agents on sandboxed nodes.
     Demo(crate::demo::DemoArgs),
+    /// Write a backup of the running coordinator to FILE (mode 0600): its
+    /// store, the cluster CA and the SSH host CA with the managed host keys.
+    Backup { file: PathBuf },
+    /// Restore a backup into the state directory of a stopped coordinator;
+    /// the directory must not hold a store or CA yet.
+    Restore {
+        file: PathBuf,
+        #[arg(long, short, default_value = "/etc/dfleet/cluster.toml")]
+        config: PathBuf,
+    },
     /// Check a cluster.toml and print what it describes, without a daemon.
     Check {
         #[arg(long, short, default_value = "/etc/dfleet/cluster.toml")]
@@ -231,6 +241,8 @@ pub async fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Serve { config } => serve(config).await,
         Command::Demo(args) => crate::demo::run(args.clone()).await,
+        Command::Backup { file } => backup(&cli, file).await,
+        Command::Restore { file, config } => restore(file, config),
         Command::Check { config } => {
             let inv = Inventory::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
             println!(
@@ -290,6 +302,75 @@ pub async fn run(cli: Cli) -> Result<()> {
                 },
         } => issue_admin_cert(&cli, user, out).await,
     }
+}
+
+/// `dfleet backup FILE`: the archive goes to a temporary file beside FILE,
+/// which replaces FILE only once the whole archive is written and synced.
+async fn backup(cli: &Cli, file: &std::path::Path) -> Result<()> {
+    use std::io::Write;
+    let dir = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    // Made with mode 0600: the archive holds the CAs' private keys.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".dfleet-backup-")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    let mut c = client::connect(&cli.target()?).await?;
+    let mut stream = c
+        .backup(pb::BackupRequest {})
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    let mut summary = String::new();
+    while let Some(chunk) = stream.message().await.map_err(status_err)? {
+        tmp.write_all(&chunk.data)
+            .with_context(|| format!("writing {}", tmp.path().display()))?;
+        if !chunk.summary.is_empty() {
+            summary = chunk.summary;
+        }
+    }
+    if summary.is_empty() {
+        bail!("the backup stream ended before the archive was complete; nothing written");
+    }
+    tmp.as_file()
+        .sync_all()
+        .with_context(|| format!("syncing {}", tmp.path().display()))?;
+    tmp.persist(file)
+        .with_context(|| format!("moving the backup into place at {}", file.display()))?;
+    println!("{}: {summary}", file.display());
+    Ok(())
+}
+
+/// `dfleet restore FILE`: into the configuration's state directory, with the
+/// coordinator stopped.
+fn restore(file: &std::path::Path, config: &std::path::Path) -> Result<()> {
+    let inv = Inventory::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let socket = &inv.cluster.admin_socket;
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        bail!(
+            "a coordinator answers on {}: stop it before restoring (systemctl stop dfleet)",
+            socket.display()
+        );
+    }
+    let state = &inv.cluster.state_dir;
+    let r = crate::backup::restore(file, state, &inv.cluster.name, crate::fleet::now_ms())?;
+    println!(
+        "restored {} into {}: cluster {:?}, {} nodes, store snapshot at {} (unix ms {}), {} files",
+        file.display(),
+        state.display(),
+        r.manifest.cluster,
+        r.nodes,
+        format_time(r.manifest.snapshot_unix_ms),
+        r.manifest.snapshot_unix_ms,
+        r.manifest.files.len()
+    );
+    println!(
+        "start the coordinator: nodes reconnect with their certificates; one signed after the \
+         snapshot is adopted once (event cert-adopted). Image generations are not in the backup."
+    );
+    Ok(())
 }
 
 pub fn status_err(s: tonic::Status) -> anyhow::Error {

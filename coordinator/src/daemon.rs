@@ -177,6 +177,7 @@ pub async fn run(
         tracing::warn!("{e}: a rollout cannot power-cycle an unreachable node until it is fixed");
     }
     let inventory_path = inv.path.clone();
+    let cluster = inv.cluster.name.clone();
     let dhcp_log = inv.boot.as_ref().and_then(|b| b.dhcp_log.clone());
     let fleet = Fleet::new(
         inv,
@@ -206,6 +207,8 @@ pub async fn run(
         rollouts: engine,
         exec: crate::exec::ExecRouter::default(),
         ssh,
+        state_dir: state_dir.clone(),
+        cluster,
     };
 
     let bound = Bound {

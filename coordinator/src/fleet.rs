@@ -535,6 +535,8 @@ pub struct Fleet {
     key_owners: crate::ssh::flags::KeyOwners,
     /// The fingerprint of each managed node's key as last sent to it.
     managed_fingerprints: HashMap<String, String>,
+    /// Set when the store came from `dfleet restore`.
+    restore: Option<crate::store::RestoreMark>,
 }
 
 impl Fleet {
@@ -564,6 +566,7 @@ impl Fleet {
                 last_seen_ms: 0,
                 rearmed: false,
                 report: None,
+                restored: false,
             });
             nodes.insert(
                 name,
@@ -610,6 +613,7 @@ impl Fleet {
             next_order: 0,
             key_owners: Default::default(),
             managed_fingerprints: HashMap::new(),
+            restore: loaded.restore,
         }
     }
 
@@ -1166,6 +1170,7 @@ impl Fleet {
             .expect("inventory node has a record");
         rec.row.cert_serial = Some(issued.serial.clone());
         rec.row.cert_not_after = issued.not_after_unix;
+        rec.row.restored = false;
         rec.row.boot_id = input.boot_id.clone();
         rec.row.rearmed = false;
         rec.row.last_seen_ms = now;
@@ -1183,6 +1188,43 @@ impl Fleet {
             cert_der: issued.der,
             not_after_unix: issued.not_after_unix,
         })
+    }
+
+    /// After `dfleet restore`, a node may present a certificate the CA issued
+    /// after the backup's snapshot, which the restored store cannot know. It
+    /// is adopted, once per node, when the node's row came from the backup
+    /// and has had no certificate since, and the certificate was signed
+    /// between the snapshot and the restore. (TLS has checked that the
+    /// cluster CA signed it, and the stream that it names this node.)
+    fn adopt_after_restore(&mut self, node: &str, peer: &PeerIdentity) -> bool {
+        let Some(mark) = self.restore else {
+            return false;
+        };
+        let Some(rec) = self.nodes.get_mut(node) else {
+            return false;
+        };
+        // Whole seconds: a certificate signed in the snapshot's own second
+        // counts as after it.
+        let signed_ms = (peer.not_before_unix + pki::BACKDATE_SECS) * 1000;
+        if !rec.row.restored || signed_ms + 1000 <= mark.snapshot_ms || signed_ms > mark.restored_ms
+        {
+            return false;
+        }
+        rec.row.cert_serial = Some(peer.serial.clone());
+        rec.row.cert_not_after = peer.not_after_unix;
+        rec.row.restored = false;
+        self.persist(node);
+        self.emit(
+            EventKind::CertAdopted,
+            node,
+            format!(
+                "certificate {} was signed after the backup this coordinator was restored from \
+                 (snapshot at unix ms {}); adopted as the node's current one",
+                peer.serial, mark.snapshot_ms
+            ),
+            "",
+        );
+        true
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1214,7 +1256,9 @@ impl Fleet {
             );
         }
         let rec = self.nodes.get(&node).expect("inventory node has a record");
-        if rec.row.cert_serial.as_deref() != Some(peer.serial.as_str()) {
+        if rec.row.cert_serial.as_deref() != Some(peer.serial.as_str())
+            && !self.adopt_after_restore(&node, &peer)
+        {
             return refuse(
                 self,
                 format!(
@@ -1422,6 +1466,7 @@ impl Fleet {
             .expect("inventory node has a record");
         rec.row.cert_serial = Some(issued.serial.clone());
         rec.row.cert_not_after = issued.not_after_unix;
+        rec.row.restored = false;
         rec.row.last_seen_ms = now_ms();
         self.persist(name);
         self.emit(
@@ -1641,6 +1686,7 @@ impl Fleet {
                             last_seen_ms: 0,
                             rearmed: false,
                             report: None,
+                            restored: false,
                         },
                         overlay_alarm: false,
                         enrollment_refused: String::new(),
@@ -1685,6 +1731,7 @@ impl Fleet {
             if let Some(rec) = self.nodes.get_mut(name) {
                 rec.row.cert_serial = None;
                 rec.row.cert_not_after = 0;
+                rec.row.restored = false;
             }
             self.persist(name);
         }
@@ -1879,6 +1926,7 @@ mod tests {
             last_seen_ms: 0,
             rearmed,
             report: None,
+            restored: false,
         }
     }
 
@@ -2032,6 +2080,52 @@ image = "compute"
             Some("")
         );
         assert_eq!(h.fleet.counters.enroll_refused.get("unknown_mac"), Some(&1));
+    }
+
+    #[test]
+    fn a_restored_node_adopts_a_certificate_signed_after_the_snapshot_once() {
+        let mut h = harness("");
+        let snapshot_s = 1_800_000_000;
+        h.fleet.restore = Some(crate::store::RestoreMark {
+            snapshot_ms: snapshot_s * 1000,
+            restored_ms: (snapshot_s + 3600) * 1000,
+        });
+        let peer = |serial: &str, signed_s: i64| PeerIdentity {
+            role: pki::Role::Node("cn1".into()),
+            serial: serial.into(),
+            not_before_unix: signed_s - pki::BACKDATE_SECS,
+            not_after_unix: signed_s + 86400,
+        };
+        h.fleet.nodes.get_mut("cn1").unwrap().row.cert_serial = Some("old".into());
+        // A row that did not come from the backup adopts nothing.
+        assert!(
+            !h.fleet
+                .adopt_after_restore("cn1", &peer("a1", snapshot_s + 10))
+        );
+        h.fleet.nodes.get_mut("cn1").unwrap().row.restored = true;
+        // Signed before the snapshot: superseded before the backup.
+        assert!(
+            !h.fleet
+                .adopt_after_restore("cn1", &peer("a0", snapshot_s - 5))
+        );
+        // Signed after the restore: not one the lost window can hold.
+        assert!(
+            !h.fleet
+                .adopt_after_restore("cn1", &peer("a2", snapshot_s + 7200))
+        );
+        // Signed in between: adopted, once.
+        assert!(
+            h.fleet
+                .adopt_after_restore("cn1", &peer("a1", snapshot_s + 10))
+        );
+        let row = &h.fleet.nodes["cn1"].row;
+        assert_eq!(row.cert_serial.as_deref(), Some("a1"));
+        assert_eq!(row.cert_not_after, snapshot_s + 10 + 86400);
+        assert!(!row.restored);
+        assert!(
+            !h.fleet
+                .adopt_after_restore("cn1", &peer("a3", snapshot_s + 20))
+        );
     }
 
     #[test]

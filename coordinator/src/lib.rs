@@ -3,6 +3,7 @@
 
 pub mod argv;
 pub mod audit;
+pub mod backup;
 pub mod boot;
 pub mod cli;
 pub mod client;

@@ -52,8 +52,13 @@ pub struct PeerIdentity {
     pub role: Role,
     /// Lowercase hex of the certificate's serial number.
     pub serial: String,
+    pub not_before_unix: i64,
     pub not_after_unix: i64,
 }
+
+/// Certificates the CA signs start this long before they are signed, for
+/// clocks a little behind the coordinator's.
+pub const BACKDATE_SECS: i64 = 60;
 
 /// A certificate the CA just signed.
 #[derive(Debug, Clone)]
@@ -211,7 +216,7 @@ impl Ca {
         params.use_authority_key_identifier_extension = true;
         let now = unix(SystemTime::now());
         // Allow a minute of clock skew between the coordinator and its nodes.
-        params.not_before = odt(now - 60);
+        params.not_before = odt(now - BACKDATE_SECS);
         let not_after = now + lifetime.as_secs().max(1) as i64;
         params.not_after = odt(not_after);
         let serial = random_serial();
@@ -319,6 +324,7 @@ pub fn peer_identity(der: &[u8]) -> Result<PeerIdentity, PkiError> {
     Ok(PeerIdentity {
         role,
         serial: hex(cert.raw_serial()),
+        not_before_unix: cert.validity().not_before.timestamp(),
         not_after_unix: cert.validity().not_after.timestamp(),
     })
 }

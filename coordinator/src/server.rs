@@ -52,6 +52,9 @@ pub struct Services {
     pub exec: crate::exec::ExecRouter,
     /// The SSH host CA and the managed host keys.
     pub ssh: std::sync::Arc<crate::ssh::Ssh>,
+    /// The state directory and the cluster's name, for `dfleet backup`.
+    pub state_dir: std::path::PathBuf,
+    pub cluster: String,
 }
 
 #[tonic::async_trait]
@@ -327,6 +330,23 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>
 impl Admin for Services {
     type EventsStream = EventStream;
     type ExecStream = Pin<Box<dyn Stream<Item = Result<pb::ExecEvent, Status>> + Send>>;
+    type BackupStream = Pin<Box<dyn Stream<Item = Result<pb::BackupChunk, Status>> + Send>>;
+
+    async fn backup(
+        &self,
+        req: Request<pb::BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        let actor = admin_caller(self, &req).await?;
+        let rx = crate::backup::serve(
+            &self.store,
+            self.fleet.clone(),
+            self.state_dir.clone(),
+            self.cluster.clone(),
+            actor,
+        )
+        .await?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
 
     async fn exec(
         &self,

@@ -24,6 +24,8 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("store: the store thread has stopped")]
     Gone,
+    #[error("the store {path} fails its integrity check: {detail}")]
+    Damaged { path: PathBuf, detail: String },
 }
 
 /// A node's persisted record.
@@ -38,6 +40,9 @@ pub struct NodeRow {
     pub last_seen_ms: i64,
     pub rearmed: bool,
     pub report: Option<Report>,
+    /// Restored from a backup, and no certificate issued since: the fleet
+    /// adopts, once, a certificate its CA issued after the backup's snapshot.
+    pub restored: bool,
 }
 
 /// An enrollment request waiting for approval, or a machine the inventory does
@@ -116,7 +121,19 @@ pub struct Loaded {
     pub rollout_nodes: Vec<RolloutNodeRow>,
     /// Switches such as `reboots_frozen`.
     pub settings: std::collections::HashMap<String, String>,
+    /// Set when the store came from `dfleet restore`.
+    pub restore: Option<RestoreMark>,
 }
+
+/// When the restored store's snapshot was taken, and when it was restored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestoreMark {
+    pub snapshot_ms: i64,
+    pub restored_ms: i64,
+}
+
+const RESTORE_SNAPSHOT: &str = "restore.snapshot_ms";
+const RESTORE_AT: &str = "restore.at_ms";
 
 #[derive(Debug)]
 pub enum Write {
@@ -144,6 +161,10 @@ enum Op {
     /// Like `Flush`, but answers whether every write since the last commit
     /// was stored.
     Commit(oneshot::Sender<Result<(), StoreError>>),
+    Snapshot {
+        path: PathBuf,
+        reply: oneshot::Sender<Result<i64, StoreError>>,
+    },
 }
 
 /// A handle to the store thread. Cloning is cheap.
@@ -167,7 +188,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     boot_id TEXT NOT NULL DEFAULT '',
     last_seen_ms INTEGER NOT NULL DEFAULT 0,
     rearmed INTEGER NOT NULL DEFAULT 0,
-    report TEXT
+    report TEXT,
+    restored INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
@@ -245,6 +267,7 @@ impl Store {
         conn.pragma_update(None, "busy_timeout", 5000)
             .map_err(open)?;
         conn.execute_batch(SCHEMA).map_err(open)?;
+        migrate(&conn).map_err(open)?;
         let loaded = load(&conn)?;
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
@@ -288,6 +311,16 @@ impl Store {
         rx.await.map_err(|_| StoreError::Gone)?
     }
 
+    /// Writes a consistent copy of the store, with every write queued so far,
+    /// to `path` (`VACUUM INTO`); returns the time it was taken.
+    pub async fn snapshot(&self, path: PathBuf) -> Result<i64, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Op::Snapshot { path, reply })
+            .map_err(|_| StoreError::Gone)?;
+        rx.await.map_err(|_| StoreError::Gone)?
+    }
+
     /// Waits until every write queued so far is committed.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
@@ -301,7 +334,7 @@ impl Store {
 fn load(conn: &Connection) -> Result<Loaded, StoreError> {
     let mut loaded = Loaded::default();
     let mut stmt = conn.prepare(
-        "SELECT name, state, cert_serial, cert_not_after, boot_id, last_seen_ms, rearmed, report FROM nodes",
+        "SELECT name, state, cert_serial, cert_not_after, boot_id, last_seen_ms, rearmed, report, restored FROM nodes",
     )?;
     let rows = stmt.query_map([], |r| {
         let report: Option<String> = r.get(7)?;
@@ -316,6 +349,7 @@ fn load(conn: &Connection) -> Result<Loaded, StoreError> {
             // A report written by another version that no longer parses is
             // dropped: the node sends a fresh one when it reconnects.
             report: report.and_then(|s| serde_json::from_str(&s).ok()),
+            restored: r.get::<_, i64>(8)? != 0,
         })
     })?;
     for row in rows {
@@ -411,6 +445,14 @@ fn load(conn: &Connection) -> Result<Loaded, StoreError> {
         let (k, v) = row?;
         loaded.settings.insert(k, v);
     }
+    let setting = |k: &str| loaded.settings.get(k).and_then(|v| v.parse::<i64>().ok());
+    loaded.restore =
+        setting(RESTORE_SNAPSHOT)
+            .zip(setting(RESTORE_AT))
+            .map(|(snapshot_ms, restored_ms)| RestoreMark {
+                snapshot_ms,
+                restored_ms,
+            });
     loaded.last_event_id = conn
         .query_row("SELECT MAX(id) FROM events", [], |r| {
             r.get::<_, Option<i64>>(0)
@@ -419,6 +461,61 @@ fn load(conn: &Connection) -> Result<Loaded, StoreError> {
         .flatten()
         .unwrap_or(0) as u64;
     Ok(loaded)
+}
+
+/// Columns added after a store's first release, added to older stores.
+fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let has_restored: bool = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('nodes') WHERE name = 'restored'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has_restored {
+        conn.execute_batch("ALTER TABLE nodes ADD COLUMN restored INTEGER NOT NULL DEFAULT 0")?;
+    }
+    Ok(())
+}
+
+/// `PRAGMA integrity_check` on an open store: `Ok` when SQLite says "ok".
+pub fn integrity_check(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare("PRAGMA integrity_check")?;
+    let lines: Vec<String> = stmt
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<Result<_, _>>()?;
+    if lines.len() == 1 && lines[0] == "ok" {
+        Ok(())
+    } else {
+        Err(StoreError::Damaged {
+            path: path.to_path_buf(),
+            detail: lines.join("; "),
+        })
+    }
+}
+
+/// Prepares a store copied out of a backup to be served again: checks its
+/// integrity, brings its schema up to date, marks every node row as
+/// restored and records when the snapshot was taken and restored. Returns
+/// the number of nodes it holds.
+pub fn mark_restored(path: &Path, snapshot_ms: i64, now_ms: i64) -> Result<usize, StoreError> {
+    let open = |source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut conn = Connection::open(path).map_err(open)?;
+    integrity_check(&conn, path)?;
+    conn.execute_batch(SCHEMA).map_err(open)?;
+    migrate(&conn).map_err(open)?;
+    let tx = conn.transaction()?;
+    let nodes = tx.execute("UPDATE nodes SET restored = 1", [])?;
+    for (k, v) in [(RESTORE_SNAPSHOT, snapshot_ms), (RESTORE_AT, now_ms)] {
+        tx.execute(
+            "INSERT OR REPLACE INTO settings (key, value) VALUES (?1, ?2)",
+            params![k, v.to_string()],
+        )?;
+    }
+    tx.commit()?;
+    conn.close().map_err(|(_, e)| open(e))?;
+    Ok(nodes)
 }
 
 const BATCH: usize = 4096;
@@ -472,6 +569,14 @@ fn answer(conn: &Connection, op: Op, failed: &mut Option<rusqlite::Error>) {
         Op::Flush(reply) => {
             let _ = reply.send(());
         }
+        Op::Snapshot { path, reply } => {
+            let at = crate::fleet::now_ms();
+            let result = conn
+                .execute("VACUUM INTO ?1", params![path.to_string_lossy()])
+                .map(|_| at)
+                .map_err(StoreError::from);
+            let _ = reply.send(result);
+        }
         Op::Write(_) => unreachable!("writes are applied, not answered"),
     }
 }
@@ -493,10 +598,10 @@ fn apply(conn: &mut Connection, writes: Vec<Write>, failed: &mut Option<rusqlite
                         .as_ref()
                         .and_then(|r| serde_json::to_string(r).ok());
                     tx.prepare_cached(
-                        "INSERT INTO nodes (name, state, cert_serial, cert_not_after, boot_id, last_seen_ms, rearmed, report)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                        "INSERT INTO nodes (name, state, cert_serial, cert_not_after, boot_id, last_seen_ms, rearmed, report, restored)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                          ON CONFLICT(name) DO UPDATE SET state=?2, cert_serial=?3, cert_not_after=?4,
-                           boot_id=?5, last_seen_ms=?6, rearmed=?7, report=?8",
+                           boot_id=?5, last_seen_ms=?6, rearmed=?7, report=?8, restored=?9",
                     )?
                     .execute(params![
                         n.name,
@@ -506,7 +611,8 @@ fn apply(conn: &mut Connection, writes: Vec<Write>, failed: &mut Option<rusqlite
                         n.boot_id,
                         n.last_seen_ms,
                         n.rearmed as i64,
-                        report
+                        report,
+                        n.restored as i64
                     ])?;
                 }
                 Write::RemoveNode(name) => {
@@ -670,6 +776,7 @@ mod tests {
                 last_seen_ms: 5,
                 rearmed: false,
                 report: Some(Report::default()),
+                restored: false,
             })));
             store.flush().await.unwrap();
         }
@@ -793,5 +900,100 @@ mod tests {
         let events = store.events(0, 1000).await.unwrap();
         assert_eq!(events.len(), 100);
         assert_eq!(store.events(95, 2).await.unwrap().len(), 2);
+    }
+
+    fn node(name: &str, serial: &str) -> Write {
+        Write::Node(Box::new(NodeRow {
+            name: name.into(),
+            state: NodeState::Ready,
+            cert_serial: Some(serial.into()),
+            cert_not_after: 99,
+            boot_id: "b1".into(),
+            last_seen_ms: 5,
+            rearmed: false,
+            report: None,
+            restored: false,
+        }))
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_holds_what_was_queued_before_it_and_restores_marked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        store.write(node("cn1", "ab"));
+        let snap = dir.path().join("snap.db");
+        let at = store.snapshot(snap.clone()).await.unwrap();
+        store.write(node("cn2", "cd"));
+        store.flush().await.unwrap();
+
+        assert_eq!(mark_restored(&snap, at, at + 5).unwrap(), 1);
+        let fresh = tempfile::tempdir().unwrap();
+        std::fs::copy(&snap, fresh.path().join("dfleet.db")).unwrap();
+        let (_, loaded) = Store::open(fresh.path()).unwrap();
+        assert_eq!(loaded.nodes.len(), 1);
+        assert_eq!(loaded.nodes[0].name, "cn1");
+        assert!(loaded.nodes[0].restored);
+        assert_eq!(
+            loaded.restore,
+            Some(RestoreMark {
+                snapshot_ms: at,
+                restored_ms: at + 5
+            })
+        );
+        // The live store is not marked.
+        drop(store);
+        let (_, live) = Store::open(dir.path()).unwrap();
+        assert_eq!(live.nodes.len(), 2);
+        assert!(live.nodes.iter().all(|n| !n.restored));
+        assert_eq!(live.restore, None);
+    }
+
+    #[test]
+    fn a_damaged_snapshot_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dfleet.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.execute_batch(
+                "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 2000)
+                 INSERT INTO events (id, at_ms, kind, node, detail, actor)
+                 SELECT i, 0, 'ready', 'cn1', 'x', '' FROM c",
+            )
+            .unwrap();
+        }
+        let mut bytes = std::fs::read(&path).unwrap();
+        // The type byte of a b-tree page in the middle of the file (4 KiB
+        // pages): no page has type 0xff.
+        let pages = bytes.len() / 4096;
+        bytes[(pages / 2) * 4096] = 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = mark_restored(&path, 1, 2).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Damaged { .. } | StoreError::Sql(_) | StoreError::Open { .. }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_older_store_gains_the_restored_column() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join("dfleet.db")).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE nodes (name TEXT PRIMARY KEY, state TEXT NOT NULL, cert_serial TEXT,
+                   cert_not_after INTEGER NOT NULL DEFAULT 0, boot_id TEXT NOT NULL DEFAULT '',
+                   last_seen_ms INTEGER NOT NULL DEFAULT 0, rearmed INTEGER NOT NULL DEFAULT 0, report TEXT);
+                 INSERT INTO nodes (name, state, cert_serial) VALUES ('cn1', 'ready', 'ab');",
+            )
+            .unwrap();
+        }
+        let (_, loaded) = Store::open(dir.path()).unwrap();
+        assert_eq!(loaded.nodes.len(), 1);
+        assert_eq!(loaded.nodes[0].cert_serial.as_deref(), Some("ab"));
+        assert!(!loaded.nodes[0].restored);
     }
 }

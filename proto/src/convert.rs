@@ -339,6 +339,8 @@ impl From<EventKind> for pb::EventKind {
             EventKind::HostKeys => pb::EventKind::HostKeys,
             EventKind::HostKeysFailed => pb::EventKind::HostKeysFailed,
             EventKind::HostKeyWarning => pb::EventKind::HostKeyWarning,
+            EventKind::Backup => pb::EventKind::Backup,
+            EventKind::CertAdopted => pb::EventKind::CertAdopted,
         }
     }
 }
@@ -380,6 +382,8 @@ impl TryFrom<pb::EventKind> for EventKind {
             pb::EventKind::HostKeys => EventKind::HostKeys,
             pb::EventKind::HostKeysFailed => EventKind::HostKeysFailed,
             pb::EventKind::HostKeyWarning => EventKind::HostKeyWarning,
+            pb::EventKind::Backup => EventKind::Backup,
+            pb::EventKind::CertAdopted => EventKind::CertAdopted,
         })
     }
 }

@@ -497,10 +497,15 @@ pub enum EventKind {
     /// nodes, a managed key that changed, a certificate close to expiry, a
     /// node that fell back to a per-boot key.
     HostKeyWarning,
+    /// `dfleet backup` took a backup.
+    Backup,
+    /// A restored coordinator adopted a node's certificate issued after the
+    /// backup's snapshot.
+    CertAdopted,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 32] = [
+    pub const ALL: [EventKind; 34] = [
         EventKind::CoordinatorStarted,
         EventKind::Enrolled,
         EventKind::EnrollPending,
@@ -533,6 +538,8 @@ impl EventKind {
         EventKind::HostKeys,
         EventKind::HostKeysFailed,
         EventKind::HostKeyWarning,
+        EventKind::Backup,
+        EventKind::CertAdopted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -569,6 +576,8 @@ impl EventKind {
             EventKind::HostKeys => "host-keys",
             EventKind::HostKeysFailed => "host-keys-failed",
             EventKind::HostKeyWarning => "host-key-warning",
+            EventKind::Backup => "backup",
+            EventKind::CertAdopted => "cert-adopted",
         }
     }
 }
