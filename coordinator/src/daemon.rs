@@ -14,8 +14,8 @@ use dfleet_proto::pb::{
 };
 use dfleet_provisioner::inventory::Inventory;
 use tokio::net::{TcpListener, UnixListener};
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::Server;
 
 use crate::fleet::{Fleet, FleetOptions, tokio_util_shutdown::Shutdown};
 use crate::pki::Ca;
@@ -162,12 +162,10 @@ pub async fn run(
         &ips,
         Duration::from_secs(365 * 86400),
     )?;
-    let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(cert_pem, key_pem))
-        .client_ca_root(Certificate::from_pem(ca.cert_pem()))
-        // Enrollment is the one RPC callable without a certificate; every
-        // other handler checks the peer certificate itself.
-        .client_auth_optional(true);
+    // Enrollment is the one RPC callable without a certificate; every other
+    // handler checks the peer certificate itself.
+    let tls = crate::tls::server_config(&cert_pem, &key_pem, ca.cert_der())?;
+    let guard = Arc::new(crate::guard::Guard::default());
 
     // The BMC credentials are read again at each use; a bad file is told now
     // rather than in the middle of a rollout.
@@ -209,6 +207,7 @@ pub async fn run(
         ssh,
         state_dir: state_dir.clone(),
         cluster,
+        guard: guard.clone(),
     };
 
     let bound = Bound {
@@ -224,11 +223,8 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     for listener in listeners.grpc {
         let mut server = Server::builder()
-            .tls_config(tls.clone())
-            .context("configuring TLS")?
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-            .tcp_keepalive(Some(Duration::from_secs(60)));
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)));
         let router = server
             .add_service(
                 EnrollmentServer::new(services.clone()).max_decoding_message_size(64 << 10),
@@ -240,11 +236,10 @@ pub async fn run(
                 AdminServer::new(services.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
             );
         let mut stop = shutdown.clone();
+        let incoming = crate::tls::incoming(listener, tls.clone(), guard.clone(), shutdown.clone());
         tasks.spawn(async move {
             router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                    stop.wait().await
-                })
+                .serve_with_incoming_shutdown(incoming, async move { stop.wait().await })
                 .await
                 .context("gRPC listener")
         });
@@ -274,8 +269,9 @@ pub async fn run(
         let fleet = fleet.clone();
         let rollouts = services.rollouts.clone();
         let stop = shutdown.clone();
+        let guard = guard.clone();
         tasks.spawn(async move {
-            crate::metrics::serve(metrics, fleet, rollouts, stop).await;
+            crate::metrics::serve(metrics, fleet, rollouts, guard, stop).await;
             Ok(())
         });
     }

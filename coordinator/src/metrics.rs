@@ -76,6 +76,26 @@ const STEPS: [&str; 9] = [
 
 /// The rollout families: the freeze switch, and the current (or last)
 /// rollout's state, nodes by step and window.
+/// `dfleet_refused_total{reason}`: what was refused before it reached the
+/// fleet task (see `guard.rs`).
+pub fn render_refused(counts: &[(crate::guard::Reason, u64)]) -> String {
+    let mut out = String::new();
+    let mut f = Family { out: &mut out };
+    f.header(
+        "dfleet_refused_total",
+        "counter",
+        "TLS handshakes, streams and messages refused before the fleet saw them, by reason.",
+    );
+    for (reason, n) in counts {
+        f.sample(
+            "dfleet_refused_total",
+            &[("reason", reason.as_str())],
+            *n as f64,
+        );
+    }
+    out
+}
+
 pub fn render_rollout(v: &StatusView) -> String {
     let mut out = String::new();
     let mut f = Family { out: &mut out };
@@ -385,6 +405,7 @@ pub async fn serve(
     listener: TcpListener,
     fleet: FleetHandle,
     rollouts: EngineHandle,
+    guard: std::sync::Arc<crate::guard::Guard>,
     mut shutdown: Shutdown,
 ) {
     loop {
@@ -400,11 +421,15 @@ pub async fn serve(
         };
         let fleet = fleet.clone();
         let rollouts = rollouts.clone();
+        let guard = guard.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let fleet = fleet.clone();
                 let rollouts = rollouts.clone();
-                async move { Ok::<_, std::convert::Infallible>(respond(req, &fleet, &rollouts).await) }
+                let guard = guard.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(respond(req, &fleet, &rollouts, &guard).await)
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -417,6 +442,7 @@ async fn respond(
     req: Request<hyper::body::Incoming>,
     fleet: &FleetHandle,
     rollouts: &EngineHandle,
+    guard: &crate::guard::Guard,
 ) -> Response<Full<Bytes>> {
     let reply = |status: StatusCode, ctype: &str, body: String| {
         Response::builder()
@@ -441,6 +467,7 @@ async fn respond(
             if let Ok(r) = rollout {
                 body.push_str(&render_rollout(&r));
             }
+            body.push_str(&render_refused(&guard.counts()));
             reply(StatusCode::OK, CONTENT_TYPE, body)
         }
         Err(e) => reply(

@@ -415,4 +415,61 @@ mod tests {
             Err(PkiError::Csr(_))
         ));
     }
+
+    /// The CSR of an enrollment and a peer's certificate are the two things
+    /// the CA parses from the network: any bytes, and damaged good ones, give
+    /// an answer or an error, never a panic.
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn ca() -> &'static (Ca, Vec<u8>, Vec<u8>) {
+            static CA: std::sync::OnceLock<(Ca, Vec<u8>, Vec<u8>)> = std::sync::OnceLock::new();
+            CA.get_or_init(|| {
+                let dir = tempfile::tempdir().unwrap();
+                let ca = Ca::load_or_create(dir.path(), "t").unwrap();
+                let (_, csr) = csr();
+                let cert = ca
+                    .sign_node(&csr, "cn1", Duration::from_secs(60))
+                    .unwrap()
+                    .der;
+                (ca, csr, cert)
+            })
+        }
+
+        fn damage(mut bytes: Vec<u8>, flips: &[(prop::sample::Index, u8)]) -> Vec<u8> {
+            for (at, v) in flips {
+                let i = at.index(bytes.len());
+                bytes[i] = *v;
+            }
+            bytes
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig {
+                // Nothing is written into the source tree.
+                failure_persistence: None,
+                ..ProptestConfig::with_cases(2048)
+            })]
+
+                #[test]
+                fn any_csr_bytes_are_signed_or_refused(bytes in prop::collection::vec(any::<u8>(), 0..1024)) {
+                    let _ = ca().0.sign_node(&bytes, "cn1", Duration::from_secs(60));
+                    let _ = peer_identity(&bytes);
+                }
+
+                #[test]
+                fn damaged_csrs_and_certificates_are_signed_or_refused(
+                    flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+                ) {
+                    let (ca, csr, cert) = ca();
+                    let _ = ca.sign_node(&damage(csr.clone(), &flips), "cn1", Duration::from_secs(60));
+                    if let Ok(id) = peer_identity(&damage(cert.clone(), &flips)) {
+                        // Whatever parses names a role; it was never trusted
+                        // without the TLS chain check.
+                        let _ = id.role;
+                    }
+                }
+            }
+    }
 }

@@ -16,7 +16,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::fleet::{Command, EnrollInput, EnrollOutcome, FleetHandle, NodeView};
+use crate::fleet::{Command, EnrollInput, EnrollOutcome, FleetHandle, NodeView, TokenBucket};
+use crate::guard::Reason;
 use crate::pki::{self, PeerIdentity, Role};
 use crate::store::Store;
 
@@ -55,6 +56,8 @@ pub struct Services {
     /// The state directory and the cluster's name, for `dfleet backup`.
     pub state_dir: std::path::PathBuf,
     pub cluster: String,
+    /// What is refused before it reaches the fleet task, counted.
+    pub guard: std::sync::Arc<crate::guard::Guard>,
 }
 
 #[tonic::async_trait]
@@ -102,6 +105,14 @@ impl Enrollment for Services {
     }
 }
 
+/// A stream's reports beyond this rate are dropped (agents report every
+/// `report_interval`, at least a second, and now and then at once).
+const REPORTS_PER_SECOND: f64 = 5.0;
+const REPORT_BURST: f64 = 50.0;
+/// Host key requests: one per boot, renewal or rotation.
+const KEY_REQUESTS_PER_SECOND: f64 = 0.1;
+const KEY_REQUEST_BURST: f64 = 5.0;
+
 type ConnectStream = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -113,8 +124,17 @@ impl Agent for Services {
         req: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
         let addr = req.remote_addr();
-        let identity = peer(&req)?
-            .ok_or_else(|| Status::unauthenticated("the agent stream needs a node certificate"))?;
+        let Some(identity) = peer(&req)? else {
+            let detail = format!(
+                "an agent stream from {} without a node certificate",
+                addr.map(|a| a.to_string()).unwrap_or_default()
+            );
+            self.guard
+                .refuse(Reason::NoCertificate, &detail, crate::fleet::now_ms());
+            return Err(Status::unauthenticated(
+                "the agent stream needs a node certificate",
+            ));
+        };
         let node = match &identity.role {
             Role::Node(n) => n.clone(),
             Role::Admin(u) => {
@@ -173,6 +193,10 @@ impl Agent for Services {
         let fleet = self.fleet.clone();
         let router = self.exec.clone();
         let ssh = self.ssh.clone();
+        let guard = self.guard.clone();
+        let now = crate::fleet::now_ms();
+        let mut reports = TokenBucket::new(REPORTS_PER_SECOND, REPORT_BURST, now);
+        let mut key_requests = TokenBucket::new(KEY_REQUESTS_PER_SECOND, KEY_REQUEST_BURST, now);
         tokio::spawn(async move {
             let reason = loop {
                 tokio::select! {
@@ -190,6 +214,22 @@ impl Agent for Services {
                         })) => router.deliver(&node, conn, kind).await,
                         // Answered beside the stream: signing or making a
                         // key never holds up the node's other messages.
+                        // Floods are dropped and counted; the stream and the
+                        // node's other messages go on.
+                        Ok(Some(pb::AgentMessage {
+                            kind: Some(pb::agent_message::Kind::Report(_)),
+                        })) if !reports.take(crate::fleet::now_ms()) => guard.refuse(
+                            Reason::ReportFlood,
+                            &format!("{node}: reports beyond {REPORTS_PER_SECOND}/s (burst {REPORT_BURST}) dropped"),
+                            crate::fleet::now_ms(),
+                        ),
+                        Ok(Some(pb::AgentMessage {
+                            kind: Some(pb::agent_message::Kind::HostKeyRequest(_)),
+                        })) if !key_requests.take(crate::fleet::now_ms()) => guard.refuse(
+                            Reason::HostKeyFlood,
+                            &format!("{node}: host key requests beyond one every {}s (burst {KEY_REQUEST_BURST}) dropped", 1.0 / KEY_REQUESTS_PER_SECOND),
+                            crate::fleet::now_ms(),
+                        ),
                         Ok(Some(pb::AgentMessage {
                             kind: Some(pb::agent_message::Kind::HostKeyRequest(r)),
                         })) => {
@@ -208,6 +248,12 @@ impl Agent for Services {
                             }
                         }
                         Ok(None) => break "the agent closed the stream".to_string(),
+                        Err(e) if e.code() == tonic::Code::OutOfRange => {
+                            let reason = format!("message too large: {}", e.message());
+                            guard.refuse(Reason::MessageTooLarge, &format!("{node}: {reason}"), crate::fleet::now_ms());
+                            let _ = tx.send(Err(Status::out_of_range(reason.clone()))).await;
+                            break reason;
+                        }
                         // An agent that dies without close_notify shows up here:
                         // an ordinary disconnect.
                         Err(e) => break format!("stream error: {}", e.message()),

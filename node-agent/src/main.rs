@@ -47,6 +47,8 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: not into journald or a pipe.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if rustls::crypto::ring::default_provider()
         .install_default()

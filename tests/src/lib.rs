@@ -264,6 +264,8 @@ pub struct Coordinator {
     pub metrics: String,
     pub socket: PathBuf,
     child: Child,
+    /// Its log lines, when started with `start_capturing`.
+    log: Option<tokio::sync::mpsc::UnboundedReceiver<String>>,
 }
 
 impl Coordinator {
@@ -276,7 +278,34 @@ impl Coordinator {
     }
 
     pub async fn start_with(dir: &Path, config: &Path) -> Result<Coordinator> {
-        Self::spawn(dir, config, "info").await
+        Self::spawn(dir, config, "info", false).await
+    }
+
+    /// Like `start`, with the daemon's log readable through `wait_log` (and
+    /// still copied to the test's stderr).
+    pub async fn start_capturing(dir: &Path, toml: &str) -> Result<Coordinator> {
+        let config = dir.join("cluster.toml");
+        std::fs::write(&config, toml)?;
+        Self::spawn(dir, &config, "info", true).await
+    }
+
+    /// Waits until the daemon's log (when started with `start_capturing`)
+    /// has a line containing `text`, reading past the lines before it.
+    pub async fn wait_log(&mut self, text: &str) -> Result<String> {
+        let lines = self
+            .log
+            .as_mut()
+            .context("the coordinator was not started with start_capturing")?;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let line = tokio::time::timeout_at(deadline, lines.recv())
+                .await
+                .with_context(|| format!("waiting for {text:?} in the coordinator's log"))?
+                .with_context(|| format!("the coordinator exited while waiting for {text:?}"))?;
+            if line.contains(text) {
+                return Ok(line);
+            }
+        }
     }
 
     /// Like `start`, logging at `level` (`warn` keeps a swarm's coordinator
@@ -284,19 +313,35 @@ impl Coordinator {
     pub async fn start_logging(dir: &Path, toml: &str, level: &str) -> Result<Coordinator> {
         let config = dir.join("cluster.toml");
         std::fs::write(&config, toml)?;
-        Self::spawn(dir, &config, level).await
+        Self::spawn(dir, &config, level, false).await
     }
 
-    async fn spawn(dir: &Path, config: &Path, level: &str) -> Result<Coordinator> {
+    async fn spawn(dir: &Path, config: &Path, level: &str, capture: bool) -> Result<Coordinator> {
         let mut child = Command::new(bin("dfleet"))
             .args(["serve", "--config"])
             .arg(config)
             .env("DFLEET_LOG", level)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(if capture {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            })
             .kill_on_drop(true)
             .spawn()
             .context("starting dfleet serve")?;
+        // Drained as it comes, so the daemon never blocks on a full pipe.
+        let log = child.stderr.take().map(|stderr| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let mut lines = BufReader::new(stderr).lines();
+            tokio::spawn(async move {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    eprintln!("[coordinator] {line}");
+                    let _ = tx.send(line);
+                }
+            });
+            rx
+        });
         let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
         let line = tokio::time::timeout(WAIT, lines.next_line())
             .await
@@ -320,6 +365,7 @@ impl Coordinator {
             metrics,
             socket,
             child,
+            log,
         })
     }
 
