@@ -265,7 +265,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 .map_err(status_err)?
                 .into_inner();
             if *json {
-                println!("{}", serde_json::to_string_pretty(&status_json(&resp)?)?);
+                write_status_json(&resp)?;
             } else {
                 print!("{}", status_table(&resp, false)?);
             }
@@ -821,36 +821,74 @@ pub fn status_table(resp: &pb::StatusResponse, by_usage: bool) -> Result<String>
     Ok(out)
 }
 
-fn node_json(n: &pb::NodeStatus) -> Result<serde_json::Value> {
-    let state = node_state(n.state)?;
-    let report = report_of(n)?;
-    let mut v = serde_json::json!({
-        "name": n.name,
-        "state": state,
-        "mac": n.mac,
-        "ip": n.ip,
-        "image": n.image,
-        "groups": n.groups,
-        "connected": n.connected,
-        "last_seen_unix_ms": n.last_seen_unix_ms,
-        "cert_not_after_unix": n.cert_not_after_unix,
-        "report": report,
-    });
-    if let Some(r) = &report {
-        v["ready"] = serde_json::Value::Bool(r.is_ready());
-        v["failing_checks"] = serde_json::json!(r.failing_checks());
-        v["overlay_used_percent"] = serde_json::json!(r.overlay.used_percent());
-    }
-    if !n.enrollment_refused.is_empty() {
-        v["enrollment_refused"] = serde_json::Value::String(n.enrollment_refused.clone());
-    }
-    v["host_key_warnings"] = serde_json::json!(n.host_key_warnings);
-    Ok(v)
+/// A node as `status --json` and `node show --json` print it.
+#[derive(serde::Serialize)]
+struct NodeJson<'a> {
+    name: &'a str,
+    state: NodeState,
+    mac: &'a str,
+    ip: &'a str,
+    image: &'a str,
+    groups: &'a [String],
+    connected: bool,
+    last_seen_unix_ms: i64,
+    cert_not_after_unix: i64,
+    report: Option<Report>,
+    // With a report only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ready: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failing_checks: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    overlay_used_percent: Option<Option<f64>>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    enrollment_refused: &'a str,
+    host_key_warnings: &'a [String],
 }
 
-fn status_json(resp: &pb::StatusResponse) -> Result<serde_json::Value> {
-    let nodes: Result<Vec<_>> = resp.nodes.iter().map(node_json).collect();
-    Ok(serde_json::json!({ "now_unix_ms": resp.now_unix_ms, "nodes": nodes? }))
+fn node_json(n: &pb::NodeStatus) -> Result<NodeJson<'_>> {
+    let report = report_of(n)?;
+    Ok(NodeJson {
+        name: &n.name,
+        state: node_state(n.state)?,
+        mac: &n.mac,
+        ip: &n.ip,
+        image: &n.image,
+        groups: &n.groups,
+        connected: n.connected,
+        last_seen_unix_ms: n.last_seen_unix_ms,
+        cert_not_after_unix: n.cert_not_after_unix,
+        ready: report.as_ref().map(Report::is_ready),
+        failing_checks: report
+            .as_ref()
+            .map(|r| r.failing_checks().into_iter().map(str::to_string).collect()),
+        overlay_used_percent: report.as_ref().map(|r| r.overlay.used_percent()),
+        report,
+        enrollment_refused: &n.enrollment_refused,
+        host_key_warnings: &n.host_key_warnings,
+    })
+}
+
+/// `status --json`, written as it is serialized: 10,000 nodes with their
+/// reports are tens of megabytes, never held as a JSON tree.
+fn write_status_json(resp: &pb::StatusResponse) -> Result<()> {
+    #[derive(serde::Serialize)]
+    struct StatusJson<'a> {
+        now_unix_ms: i64,
+        nodes: Vec<NodeJson<'a>>,
+    }
+    let nodes = resp.nodes.iter().map(node_json).collect::<Result<_>>()?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    serde_json::to_writer_pretty(
+        &mut out,
+        &StatusJson {
+            now_unix_ms: resp.now_unix_ms,
+            nodes,
+        },
+    )?;
+    std::io::Write::write_all(&mut out, b"\n")?;
+    std::io::Write::flush(&mut out)?;
+    Ok(())
 }
 
 fn node_detail(n: &pb::NodeStatus) -> Result<String> {

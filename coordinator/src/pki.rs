@@ -446,30 +446,30 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig {
-                // Nothing is written into the source tree.
-                failure_persistence: None,
-                ..ProptestConfig::with_cases(2048)
-            })]
+        #![proptest_config(ProptestConfig {
+            // Nothing is written into the source tree.
+            failure_persistence: None,
+            ..ProptestConfig::with_cases(2048)
+        })]
 
-                #[test]
-                fn any_csr_bytes_are_signed_or_refused(bytes in prop::collection::vec(any::<u8>(), 0..1024)) {
-                    let _ = ca().0.sign_node(&bytes, "cn1", Duration::from_secs(60));
-                    let _ = peer_identity(&bytes);
-                }
+            #[test]
+            fn any_csr_bytes_are_signed_or_refused(bytes in prop::collection::vec(any::<u8>(), 0..1024)) {
+                let _ = ca().0.sign_node(&bytes, "cn1", Duration::from_secs(60));
+                let _ = peer_identity(&bytes);
+            }
 
-                #[test]
-                fn damaged_csrs_and_certificates_are_signed_or_refused(
-                    flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
-                ) {
-                    let (ca, csr, cert) = ca();
-                    let _ = ca.sign_node(&damage(csr.clone(), &flips), "cn1", Duration::from_secs(60));
-                    if let Ok(id) = peer_identity(&damage(cert.clone(), &flips)) {
-                        // Whatever parses names a role; it was never trusted
-                        // without the TLS chain check.
-                        let _ = id.role;
-                    }
+            #[test]
+            fn damaged_csrs_and_certificates_are_signed_or_refused(
+                flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+            ) {
+                let (ca, csr, cert) = ca();
+                let _ = ca.sign_node(&damage(csr.clone(), &flips), "cn1", Duration::from_secs(60));
+                if let Ok(id) = peer_identity(&damage(cert.clone(), &flips)) {
+                    // Whatever parses names a role; it was never trusted
+                    // without the TLS chain check.
+                    let _ = id.role;
                 }
             }
+        }
     }
 }
