@@ -113,6 +113,17 @@ const REPORT_BURST: f64 = 50.0;
 const KEY_REQUESTS_PER_SECOND: f64 = 0.1;
 const KEY_REQUEST_BURST: f64 = 5.0;
 
+impl Services {
+    /// Waits until the store has every write queued so far: an admin
+    /// change is acknowledged only once it would survive a crash.
+    async fn stored(&self) -> Result<(), Status> {
+        self.store
+            .flush()
+            .await
+            .map_err(|e| Status::unavailable(format!("the change is made but not stored: {e}")))
+    }
+}
+
 type ConnectStream = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -555,6 +566,7 @@ impl Admin for Services {
             .ask(|reply| Command::Approve { node, actor, reply })
             .await?
             .map_err(Status::failed_precondition)?;
+        self.stored().await?;
         Ok(Response::new(pb::ActionResponse { detail }))
     }
 
@@ -569,6 +581,7 @@ impl Admin for Services {
             .ask(|reply| Command::Rearm { node, actor, reply })
             .await?
             .map_err(Status::failed_precondition)?;
+        self.stored().await?;
         Ok(Response::new(pb::ActionResponse { detail }))
     }
 
@@ -578,6 +591,7 @@ impl Admin for Services {
     ) -> Result<Response<pb::ActionResponse>, Status> {
         let actor = admin_caller(self, &req).await?;
         let detail = reload(&self.fleet, &self.inventory_path, actor).await?;
+        self.stored().await?;
         Ok(Response::new(pb::ActionResponse { detail }))
     }
 
@@ -610,6 +624,7 @@ impl Admin for Services {
             })
             .await?
             .map_err(Status::invalid_argument)?;
+        self.stored().await?;
         // The menus follow the assignment through the single writer; without
         // a boot network in the inventory there is nothing to write.
         match crate::boot::apply_held(&self.fleet, &held, &actor).await {

@@ -492,6 +492,16 @@ pub fn integrity_check(conn: &Connection, path: &Path) -> Result<(), StoreError>
     }
 }
 
+/// Opens the store at `path` and runs `PRAGMA integrity_check` (a stopped
+/// coordinator's, or a copy).
+pub fn check_file(path: &Path) -> Result<(), StoreError> {
+    let conn = Connection::open(path).map_err(|source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    integrity_check(&conn, path)
+}
+
 /// Prepares a store copied out of a backup to be served again: checks its
 /// integrity, brings its schema up to date, marks every node row as
 /// restored and records when the snapshot was taken and restored. Returns
