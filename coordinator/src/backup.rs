@@ -166,23 +166,33 @@ pub fn write_archive(
     snapshot_unix_ms: i64,
     out: impl Write,
 ) -> Result<u64> {
-    let mut files = vec![(STORE_FILE.to_string(), snapshot.to_path_buf())];
-    files.extend(key_files(state_dir)?);
-    // Each file is read once for its hash and once into the archive; the key
-    // files are written by rename, so both reads see the same content.
-    let mut entries = Vec::new();
-    for (rel, path) in &files {
-        let (size, sha256) = hash_file(path)?;
-        let mode = fs::metadata(path)
+    // The key files are small and read once, into memory: a key replaced
+    // meanwhile (by rename) is archived as it was hashed. The snapshot is
+    // this backup's own copy, which nothing else writes: hashed, then
+    // streamed.
+    let mut keys = Vec::new();
+    for (rel, path) in key_files(state_dir)? {
+        let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let mode = fs::metadata(&path)
             .with_context(|| format!("reading {}", path.display()))?
             .permissions()
             .mode()
             & 0o644;
+        keys.push((rel, mode, bytes));
+    }
+    let (size, sha256) = hash_file(snapshot)?;
+    let mut entries = vec![FileEntry {
+        path: STORE_FILE.into(),
+        size,
+        mode: 0o600,
+        sha256,
+    }];
+    for (rel, mode, bytes) in &keys {
         entries.push(FileEntry {
             path: rel.clone(),
-            size,
-            mode,
-            sha256,
+            size: bytes.len() as u64,
+            mode: *mode,
+            sha256: hex(&Sha256::digest(bytes)),
         });
     }
     let manifest = Manifest {
@@ -201,10 +211,14 @@ pub fn write_archive(
         let mut h = header(json.len() as u64, 0o600, mtime);
         tar.append_data(&mut h, MANIFEST, json.as_slice())
             .context("writing the manifest")?;
-        for ((rel, path), e) in files.iter().zip(&manifest.files) {
-            let f = fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-            let mut h = header(e.size, e.mode, mtime);
-            tar.append_data(&mut h, rel, f.take(e.size))
+        let db =
+            fs::File::open(snapshot).with_context(|| format!("reading {}", snapshot.display()))?;
+        let mut h = header(size, 0o600, mtime);
+        tar.append_data(&mut h, STORE_FILE, db.take(size))
+            .context("archiving the store")?;
+        for (rel, mode, bytes) in &keys {
+            let mut h = header(bytes.len() as u64, *mode, mtime);
+            tar.append_data(&mut h, rel, bytes.as_slice())
                 .with_context(|| format!("archiving {rel}"))?;
         }
         tar.finish().context("finishing the archive")?;

@@ -223,8 +223,6 @@ impl Agent for Services {
                         Ok(Some(pb::AgentMessage {
                             kind: Some(kind @ (pb::agent_message::Kind::ExecOutput(_) | pb::agent_message::Kind::ExecDone(_))),
                         })) => router.deliver(&node, conn, kind).await,
-                        // Answered beside the stream: signing or making a
-                        // key never holds up the node's other messages.
                         // Floods are dropped and counted; the stream and the
                         // node's other messages go on.
                         Ok(Some(pb::AgentMessage {
@@ -241,6 +239,8 @@ impl Agent for Services {
                             &format!("{node}: host key requests beyond one every {}s (burst {KEY_REQUEST_BURST}) dropped", 1.0 / KEY_REQUESTS_PER_SECOND),
                             crate::fleet::now_ms(),
                         ),
+                        // Answered beside the stream: signing or making a
+                        // key never holds up the node's other messages.
                         Ok(Some(pb::AgentMessage {
                             kind: Some(pb::agent_message::Kind::HostKeyRequest(r)),
                         })) => {
