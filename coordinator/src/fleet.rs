@@ -1539,10 +1539,13 @@ impl Fleet {
             .nodes
             .iter()
             .filter_map(|(name, rec)| {
-                // Silence counts from the coordinator's start at the
-                // earliest: nobody is blamed for the time it was down.
+                // Going stale counts from the coordinator's start at the
+                // earliest (a row may be up to REPORT_PERSIST_EVERY old);
+                // lost is the node's own silence, which lets a node that
+                // rebooted during a long outage enroll again at once.
                 let seen = match rec.row.last_seen_ms {
                     0 => 0,
+                    ms if now - ms > health.lost_after.as_millis() as i64 => ms,
                     ms => ms.max(self.started_ms),
                 };
                 let next = silence_state(
@@ -2122,19 +2125,27 @@ image = "compute"
     }
 
     #[test]
-    fn silence_counts_from_the_coordinators_start_at_the_earliest() {
+    fn going_stale_counts_from_the_coordinators_start_and_lost_from_the_node() {
         let mut h = harness("");
         let start = h.fleet.started_ms;
-        let rec = h.fleet.nodes.get_mut("cn1").unwrap();
-        rec.row.state = NodeState::Ready;
-        rec.row.last_seen_ms = start - 86_400_000;
-        // Down for a day, then up again: the node has its stale_after to
-        // report before it is stale.
+        let stale = h.fleet.inv.health.stale_after.as_millis() as i64;
+        let lost = h.fleet.inv.health.lost_after.as_millis() as i64;
+        let set = |h: &mut Harness, last_seen_ms: i64| {
+            let rec = h.fleet.nodes.get_mut("cn1").unwrap();
+            rec.row.state = NodeState::Ready;
+            rec.row.last_seen_ms = last_seen_ms;
+        };
+        // Seen (as stored) longer ago than stale_after, not lost_after: it
+        // has stale_after from the start to report.
+        set(&mut h, start - stale - 5000);
         h.fleet.tick(start + 1000);
         assert_eq!(h.fleet.nodes["cn1"].row.state, NodeState::Ready);
-        let stale = h.fleet.inv.health.stale_after.as_millis() as i64;
         h.fleet.tick(start + stale + 1000);
         assert_eq!(h.fleet.nodes["cn1"].row.state, NodeState::Stale);
+        // Silent longer than lost_after: lost at once.
+        set(&mut h, start - lost - 5000);
+        h.fleet.tick(start + 1000);
+        assert_eq!(h.fleet.nodes["cn1"].row.state, NodeState::Lost);
     }
 
     #[test]
