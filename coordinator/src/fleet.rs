@@ -6,7 +6,7 @@
 //! The decisions it makes (which state a node is in, whether an enrollment is
 //! allowed) are pure functions below, tested with plain values.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -477,8 +477,15 @@ pub fn silence_state(
 /// holds a live stream, or an unexpired certificate and is not lost, must be
 /// rearmed by an administrator first. A lost node's certificate no longer
 /// blocks it, so a node that crashed and rebooted comes back by itself once
-/// the coordinator has given it up.
-pub fn may_reenroll(row: &NodeRow, streaming: bool, now_ms: i64) -> Result<(), String> {
+/// the coordinator has given it up. Nor does a certificate that was never
+/// presented on a stream (`unused`): that enrollment never finished, as when
+/// the answer was lost or the agent died before keeping it.
+pub fn may_reenroll(
+    row: &NodeRow,
+    streaming: bool,
+    unused: bool,
+    now_ms: i64,
+) -> Result<(), String> {
     if row.rearmed {
         return Ok(());
     }
@@ -487,6 +494,9 @@ pub fn may_reenroll(row: &NodeRow, streaming: bool, now_ms: i64) -> Result<(), S
             "{} already holds a live stream; `dfleet node rearm {}` allows a new enrollment",
             row.name, row.name
         ));
+    }
+    if unused {
+        return Ok(());
     }
     if row.cert_serial.is_some()
         && row.cert_not_after * 1000 > now_ms
@@ -546,6 +556,10 @@ pub struct Fleet {
     restore: Option<crate::store::RestoreMark>,
     /// When this coordinator started.
     started_ms: i64,
+    /// Nodes whose current certificate this coordinator issued and has not
+    /// yet seen on a stream (kept in memory only: after a restart, such a
+    /// certificate blocks a new enrollment like any other).
+    unused_certs: HashSet<String>,
 }
 
 impl Fleet {
@@ -625,6 +639,7 @@ impl Fleet {
             managed_fingerprints: HashMap::new(),
             restore: loaded.restore,
             started_ms: now,
+            unused_certs: HashSet::new(),
         }
     }
 
@@ -1133,7 +1148,7 @@ impl Fleet {
         let streaming = self.conns.contains_key(&name);
         let row = self.nodes.get(&name).map(|r| r.row.clone());
         if let Some(row) = &row
-            && let Err(msg) = may_reenroll(row, streaming, now)
+            && let Err(msg) = may_reenroll(row, streaming, self.unused_certs.contains(&name), now)
         {
             return Err(self.refuse(
                 &name,
@@ -1198,6 +1213,7 @@ impl Fleet {
         rec.row.rearmed = false;
         rec.row.last_seen_ms = now;
         rec.enrollment_refused.clear();
+        self.unused_certs.insert(name.clone());
         self.counters.enroll_accepted += 1;
         self.persist(&name);
         self.emit(
@@ -1298,6 +1314,7 @@ impl Fleet {
             kill,
             cert_not_after: peer.not_after_unix,
         };
+        self.unused_certs.remove(&node);
         if let Some(old) = self.conns.insert(node.clone(), conn) {
             let _ = old.kill.send(Status::aborted(
                 "replaced by a newer stream from the same node",
@@ -1976,21 +1993,52 @@ mod tests {
     fn one_enrollment_per_boot() {
         let now = 1_000_000_000;
         // Never enrolled.
-        assert!(may_reenroll(&row(NodeState::Unknown, None, 0, false), false, now).is_ok());
+        assert!(may_reenroll(&row(NodeState::Unknown, None, 0, false), false, false, now).is_ok());
         // A live stream blocks.
-        assert!(may_reenroll(&row(NodeState::Ready, Some("a"), 0, false), true, now).is_err());
+        assert!(
+            may_reenroll(
+                &row(NodeState::Ready, Some("a"), 0, false),
+                true,
+                false,
+                now
+            )
+            .is_err()
+        );
         // An unexpired certificate blocks.
         let err = may_reenroll(
             &row(NodeState::Stale, Some("a"), now / 1000 + 60, false),
+            false,
             false,
             now,
         )
         .unwrap_err();
         assert!(err.contains("rearm cn1"), "{err}");
+        // Unless it was never presented on a stream: the enrollment did not
+        // finish.
+        assert!(
+            may_reenroll(
+                &row(NodeState::Unknown, Some("a"), now / 1000 + 60, false),
+                false,
+                true,
+                now
+            )
+            .is_ok()
+        );
+        // A live stream blocks even then.
+        assert!(
+            may_reenroll(
+                &row(NodeState::Ready, Some("a"), now / 1000 + 60, false),
+                true,
+                true,
+                now
+            )
+            .is_err()
+        );
         // An expired one does not.
         assert!(
             may_reenroll(
                 &row(NodeState::Stale, Some("a"), now / 1000 - 1, false),
+                false,
                 false,
                 now
             )
@@ -2001,6 +2049,7 @@ mod tests {
             may_reenroll(
                 &row(NodeState::Lost, Some("a"), now / 1000 + 60, false),
                 false,
+                false,
                 now
             )
             .is_ok()
@@ -2010,6 +2059,7 @@ mod tests {
             may_reenroll(
                 &row(NodeState::Ready, Some("a"), now / 1000 + 60, true),
                 true,
+                false,
                 now
             )
             .is_ok()

@@ -15,6 +15,9 @@ use dfleet_proto::domain::Event;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
+pub mod partition;
+pub use partition::Partition;
+
 /// How long a test waits for any one expected thing before failing.
 pub const WAIT: Duration = Duration::from_secs(60);
 
@@ -410,6 +413,19 @@ impl Coordinator {
         Ok(String::from_utf8(out.stderr)?)
     }
 
+    /// Starts the CLI with its output piped, for a test that reads it as it
+    /// comes.
+    pub fn cli_spawn(&self, args: &[&str]) -> Result<Child> {
+        Ok(Command::new(bin("dfleet"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?)
+    }
+
     pub async fn cli_raw(&self, args: &[&str]) -> Result<std::process::Output> {
         Ok(Command::new(bin("dfleet"))
             .arg("--socket")
@@ -443,6 +459,18 @@ pub struct Target {
 pub struct Boot {
     pub node: String,
     pub generation: String,
+}
+
+/// Puts the shell script `body` in the sandbox at `root` as the program
+/// `name` (in /usr/local/sbin, which the agent's exec searches first), so
+/// each node can answer differently.
+pub fn sandbox_program(root: &Path, name: &str, body: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = root.join("usr/local/sbin").join(name);
+    std::fs::create_dir_all(path.parent().context("a parent")?)?;
+    std::fs::write(&path, format!("#!/bin/sh\n{body}"))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
 }
 
 /// A simulated diskless node for rollouts. Its agent's reboot command ends
@@ -539,27 +567,23 @@ async fn sim_boot(
     // A reboot forgets the last boot's upper layer and credentials.
     let _ = std::fs::remove_dir_all(root.join("run/dfleet-agent"));
     sandbox::build(root, &spec).with_context(|| format!("booting {}", node.name))?;
-    let script = root.join("usr/local/sbin/dfleet-test-reboot");
-    std::fs::create_dir_all(script.parent().context("a parent")?)?;
-    std::fs::write(
-        &script,
-        "#!/bin/sh\n# A simulated reboot: the agent (this script's parent) ends.\nkill -TERM \"$PPID\"\n",
+    sandbox_program(
+        root,
+        "dfleet-test-reboot",
+        "# A simulated reboot: the agent (this script's parent) ends.\nkill -TERM \"$PPID\"\n",
     )?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
-    let health = root.join("usr/local/sbin/dfleet-test-health");
     let broken = root
         .parent()
         .context("a parent")?
         .join("broken-generations");
-    std::fs::write(
-        &health,
-        format!(
-            "#!/bin/sh\n# Fails on a generation listed as broken.\n! grep -qxF '{generation}' '{}'\n",
+    sandbox_program(
+        root,
+        "dfleet-test-health",
+        &format!(
+            "# Fails on a generation listed as broken.\n! grep -qxF '{generation}' '{}'\n",
             broken.display()
         ),
     )?;
-    std::fs::set_permissions(&health, std::fs::Permissions::from_mode(0o755))?;
     boots.lock().expect("boots").push(Boot {
         node: node.name.clone(),
         generation: generation.to_string(),
@@ -587,6 +611,11 @@ impl Agent {
     /// Starts an agent for `node`, reading the sandbox at `root`.
     pub async fn start(c: &Coordinator, node: &TestNode, root: &Path) -> Result<Agent> {
         Self::start_as(c, node, root, None).await
+    }
+
+    /// Like `start`, dialling `target` (a relay) instead of the coordinator.
+    pub async fn start_via(target: &Target, node: &TestNode, root: &Path) -> Result<Agent> {
+        Self::spawn_at(target, node, root, None, false, "").await
     }
 
     /// Like `start`, with the agent's log readable through `wait_log`.

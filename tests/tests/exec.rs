@@ -25,15 +25,12 @@ fn sandbox(dir: &Path, n: &TestNode, i: usize) -> Result<std::path::PathBuf> {
         spec.image = "compute:8".parse()?;
     }
     sandbox::build(&root, &spec).with_context(|| format!("building {}'s sandbox", n.name))?;
-    let script = root.join("usr/local/sbin/dfleet-test-exit");
-    std::fs::create_dir_all(script.parent().context("parent")?)?;
     let code = (i + 1) % 3;
-    std::fs::write(
-        &script,
-        format!("#!/bin/sh\necho \"exit {code}\"\nexit {code}\n"),
+    dfleet_tests::sandbox_program(
+        &root,
+        "dfleet-test-exit",
+        &format!("echo \"exit {code}\"\nexit {code}\n"),
     )?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
     Ok(root)
 }
 

@@ -146,12 +146,27 @@ async fn hostile_clients_are_refused_counted_and_the_fleet_is_still_served() -> 
     let cn03 = &ns[2];
     let l = link_for(&c, cn03)?;
 
-    // A replayed enrollment: the very same request again.
+    // An enrollment whose answer was lost (its certificate never reached a
+    // stream) may be asked again: the enrollment did not finish.
     let (key, csr) = link::new_key_and_csr()?;
+    let lost = l
+        .enroll(&key, &csr, &cn03.mac, "hostile-boot")
+        .await?
+        .map_err(|(why, _)| anyhow::anyhow!("pending: {why}"))?;
     let creds = l
         .enroll(&key, &csr, &cn03.mac, "hostile-boot")
         .await?
         .map_err(|(why, _)| anyhow::anyhow!("pending: {why}"))?;
+    ensure!(
+        lost.cert_der != creds.cert_der,
+        "the same certificate twice"
+    );
+    // Once the certificate was used on a stream, the very same request
+    // again is a replay.
+    let (tx, _answers) = open(&l, Some(&creds), hello(cn03, "cn03")).await??;
+    events.wait(EventKind::Connected, "cn03").await?;
+    drop(tx);
+    events.wait(EventKind::Disconnected, "cn03").await?;
     match l.enroll(&key, &csr, &cn03.mac, "hostile-boot").await {
         Err(LinkError::Refused(m)) => ensure!(m.contains("second enrollment refused"), "{m}"),
         other => bail!("a replayed enrollment was not refused: {other:?}"),

@@ -177,8 +177,23 @@ impl Shown {
             self.print_gathered()?;
         }
         let mut tally = Tally::default();
+        // Why nodes gave no result, nodes with the same reason folded.
+        let mut why: BTreeMap<(&str, &str), Vec<String>> = BTreeMap::new();
         for d in &self.results {
             tally.add(d);
+            let what = match d.outcome.as_str() {
+                "unreachable" => "unreachable",
+                "timed-out" => "timed out",
+                _ => continue,
+            };
+            if !d.detail.is_empty() {
+                why.entry((what, d.detail.as_str()))
+                    .or_default()
+                    .push(d.node.clone());
+            }
+        }
+        for ((what, detail), nodes) in why {
+            eprintln!("dfleet exec: {}: {what}: {detail}", nodeset::fold(&nodes));
         }
         let took = self
             .duration_ms
