@@ -268,6 +268,9 @@ pub async fn run(cli: Cli) -> Result<()> {
                 write_status_json(&resp)?;
             } else {
                 print!("{}", status_table(&resp, false)?);
+                if !resp.store_problem.is_empty() {
+                    eprintln!("dfleet status: warning: {}", resp.store_problem);
+                }
             }
             Ok(())
         }
@@ -875,6 +878,8 @@ fn write_status_json(resp: &pb::StatusResponse) -> Result<()> {
     #[derive(serde::Serialize)]
     struct StatusJson<'a> {
         now_unix_ms: i64,
+        /// Why the store cannot be written, when it cannot.
+        store_problem: Option<&'a str>,
         nodes: Vec<NodeJson<'a>>,
     }
     let nodes = resp.nodes.iter().map(node_json).collect::<Result<_>>()?;
@@ -883,6 +888,7 @@ fn write_status_json(resp: &pb::StatusResponse) -> Result<()> {
         &mut out,
         &StatusJson {
             now_unix_ms: resp.now_unix_ms,
+            store_problem: (!resp.store_problem.is_empty()).then_some(&resp.store_problem),
             nodes,
         },
     )?;

@@ -80,6 +80,9 @@ pub enum RefusalReason {
     AlreadyEnrolled,
     BadRequest,
     PendingFull,
+    /// The store cannot be written (a full disk): the certificate could not
+    /// be kept.
+    StoreUnwritable,
 }
 
 impl RefusalReason {
@@ -93,6 +96,7 @@ impl RefusalReason {
             RefusalReason::AlreadyEnrolled => "already_enrolled",
             RefusalReason::BadRequest => "bad_request",
             RefusalReason::PendingFull => "pending_full",
+            RefusalReason::StoreUnwritable => "store_unwritable",
         }
     }
 }
@@ -110,6 +114,7 @@ impl From<Refusal> for Status {
                 Status::resource_exhausted(r.message)
             }
             RefusalReason::BadRequest => Status::invalid_argument(r.message),
+            RefusalReason::StoreUnwritable => Status::unavailable(r.message),
             _ => Status::permission_denied(r.message),
         }
     }
@@ -147,6 +152,7 @@ pub struct MetricsSnapshot {
     pub connected: usize,
     pub counters: Counters,
     pub now_ms: i64,
+    pub store: crate::store::Health,
 }
 
 /// Everything the fleet task can be asked to do.
@@ -983,6 +989,7 @@ impl Fleet {
                     connected: self.conns.len(),
                     counters: self.counters.clone(),
                     now_ms: now_ms(),
+                    store: self.store.health(),
                 });
             }
         }
@@ -1031,8 +1038,12 @@ impl Fleet {
         if let Some(rec) = self.nodes.get_mut(node) {
             rec.enrollment_refused = message.clone();
         }
-        // Rate-limit refusals are not logged one by one: they come in floods.
-        if reason != RefusalReason::RateLimited {
+        // Rate-limit refusals are not logged one by one: they come in
+        // floods; nor are the store's, whose log could not be written.
+        if !matches!(
+            reason,
+            RefusalReason::RateLimited | RefusalReason::StoreUnwritable
+        ) {
             self.emit(EventKind::EnrollRefused, node, message.clone(), "");
         }
         Refusal { reason, message }
@@ -1090,6 +1101,13 @@ impl Fleet {
                 "",
                 RefusalReason::RateLimited,
                 "enrollment rate limit reached; retry later".into(),
+            ));
+        }
+        if let Some(why) = self.store.refusing() {
+            return Err(self.refuse(
+                "",
+                RefusalReason::StoreUnwritable,
+                format!("enrollment deferred: {why}"),
             ));
         }
         let ip = input.addr.ip();
@@ -1482,6 +1500,11 @@ impl Fleet {
 
     fn renew(&mut self, name: &str, conn: u64, csr_der: &[u8]) {
         if !self.is_current(name, conn) {
+            return;
+        }
+        if let Some(why) = self.store.refusing() {
+            // The agent asks again later, long before its certificate ends.
+            tracing::warn!(node = name, "renewal deferred: {why}");
             return;
         }
         let lifetime = self.inv.enrollment.cert_lifetime;

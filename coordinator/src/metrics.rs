@@ -397,6 +397,22 @@ pub fn render(s: &MetricsSnapshot) -> String {
     );
     f.header("dfleet_reports_total", "counter", "Agent reports received.");
     f.sample("dfleet_reports_total", &[], s.counters.reports as f64);
+    f.header(
+        "dfleet_store_held_writes",
+        "gauge",
+        "Writes the store could not write yet (a full disk), held in memory and retried.",
+    );
+    f.sample("dfleet_store_held_writes", &[], s.store.held as f64);
+    f.header(
+        "dfleet_store_write_failures_total",
+        "counter",
+        "Batches of writes the store could not write.",
+    );
+    f.sample(
+        "dfleet_store_write_failures_total",
+        &[],
+        s.store.failures as f64,
+    );
     out
 }
 
@@ -560,6 +576,7 @@ mod tests {
             connected: 3,
             counters: Default::default(),
             now_ms: 0,
+            store: Default::default(),
         };
         let text = render(&s);
         assert!(text.contains("dfleet_connected_agents 3\n"), "{text}");

@@ -118,9 +118,18 @@ impl Services {
     /// change is acknowledged only once it would survive a crash.
     async fn stored(&self) -> Result<(), Status> {
         self.store
-            .flush()
+            .commit()
             .await
-            .map_err(|e| Status::unavailable(format!("the change is made but not stored: {e}")))
+            .map_err(|e| Status::unavailable(format!("the change is made but {e}")))
+    }
+
+    /// Refuses a change while the store cannot be written (a full disk):
+    /// it could not be kept.
+    fn writable(&self) -> Result<(), Status> {
+        match self.store.refusing() {
+            Some(why) => Err(Status::unavailable(format!("refused: {why}"))),
+            None => Ok(()),
+        }
     }
 }
 
@@ -440,6 +449,7 @@ impl Admin for Services {
         Ok(Response::new(pb::StatusResponse {
             nodes: views.into_iter().map(|v| node_status(v, false)).collect(),
             now_unix_ms: crate::fleet::now_ms(),
+            store_problem: self.store.refusing().unwrap_or_default(),
         }))
     }
 
@@ -560,6 +570,7 @@ impl Admin for Services {
         req: Request<pb::NodeRequest>,
     ) -> Result<Response<pb::ActionResponse>, Status> {
         let actor = admin_caller(self, &req).await?;
+        self.writable()?;
         let node = req.into_inner().node;
         let detail = self
             .fleet
@@ -575,6 +586,7 @@ impl Admin for Services {
         req: Request<pb::NodeRequest>,
     ) -> Result<Response<pb::ActionResponse>, Status> {
         let actor = admin_caller(self, &req).await?;
+        self.writable()?;
         let node = req.into_inner().node;
         let detail = self
             .fleet
@@ -590,6 +602,7 @@ impl Admin for Services {
         req: Request<pb::ReloadRequest>,
     ) -> Result<Response<pb::ActionResponse>, Status> {
         let actor = admin_caller(self, &req).await?;
+        self.writable()?;
         let detail = reload(&self.fleet, &self.inventory_path, actor).await?;
         self.stored().await?;
         Ok(Response::new(pb::ActionResponse { detail }))
@@ -600,6 +613,7 @@ impl Admin for Services {
         req: Request<pb::AssignRequest>,
     ) -> Result<Response<pb::ActionResponse>, Status> {
         let actor = admin_caller(self, &req).await?;
+        self.writable()?;
         let r = req.into_inner();
         let target = r
             .target
@@ -684,6 +698,7 @@ impl Admin for Services {
         req: Request<pb::PxeRequest>,
     ) -> Result<Response<pb::PxeChanges>, Status> {
         let actor = admin_caller(self, &req).await?;
+        self.writable()?;
         let applied = crate::boot::apply(&self.fleet, &self.boot, &actor).await?;
         let mut reply = changes_pb(applied.changes, applied.checks);
         reply.nfs_instructions = applied.nfs_instructions.unwrap_or_default();
@@ -695,6 +710,7 @@ impl Admin for Services {
         req: Request<pb::ImageGcRequest>,
     ) -> Result<Response<pb::ImageGcReply>, Status> {
         let actor = admin_caller(self, &req).await?;
+        self.writable()?;
         let r = req.into_inner();
         let done = crate::image_gc::gc(&self.fleet, &self.boot, r.keep, r.dry_run, &actor).await?;
         Ok(Response::new(pb::ImageGcReply {
@@ -709,6 +725,7 @@ impl Admin for Services {
         req: Request<pb::ImageRetireRequest>,
     ) -> Result<Response<pb::ActionResponse>, Status> {
         let actor = admin_caller(self, &req).await?;
+        self.writable()?;
         let g: dfleet_proto::domain::GenerationRef = req
             .into_inner()
             .generation
@@ -726,6 +743,7 @@ impl Admin for Services {
         req: Request<pb::RolloutStartRequest>,
     ) -> Result<Response<pb::ActionResponse>, Status> {
         let actor = admin_caller(self, &req).await?;
+        self.writable()?;
         let r = req.into_inner();
         // No target: a plain reboot, each node back on its assignment.
         let target: Option<dfleet_proto::domain::GenerationRef> =
@@ -798,6 +816,7 @@ impl Admin for Services {
         req: Request<pb::RolloutControlRequest>,
     ) -> Result<Response<pb::ActionResponse>, Status> {
         let actor = admin_caller(self, &req).await?;
+        self.writable()?;
         let action = req.into_inner().action;
         let detail = self
             .rollouts
@@ -830,6 +849,7 @@ impl Admin for Services {
         req: Request<pb::RebootsFreezeRequest>,
     ) -> Result<Response<pb::ActionResponse>, Status> {
         let actor = admin_caller(self, &req).await?;
+        self.writable()?;
         let frozen = req.into_inner().frozen;
         let detail = self
             .rollouts
@@ -881,6 +901,7 @@ impl Admin for Services {
         req: Request<pb::SshRotateRequest>,
     ) -> Result<Response<pb::ActionResponse>, Status> {
         let actor = admin_caller(self, &req).await?;
+        self.writable()?;
         let names = self.fleet.resolve(&req.into_inner().nodeset).await?;
         let detail = crate::ssh::rotate(&self.ssh, &self.fleet, names, &actor).await?;
         Ok(Response::new(pb::ActionResponse { detail }))
@@ -909,6 +930,7 @@ impl Admin for Services {
         req: Request<pb::IssueAdminCertRequest>,
     ) -> Result<Response<pb::IssueAdminCertResponse>, Status> {
         let actor = admin_caller(self, &req).await?;
+        self.writable()?;
         if req.extensions().get::<UdsConnectInfo>().is_none() {
             return Err(Status::permission_denied(
                 "admin certificates are issued over the local socket only",

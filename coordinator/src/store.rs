@@ -5,13 +5,23 @@
 //! fleet of 10,000 reporting nodes costs a few commits a second rather than one
 //! per report. Reads go through the same queue, so a read sees every write
 //! queued before it.
+//!
+//! When the disk is full (or failing), a batch that cannot be written is
+//! held in memory, not lost: later writes join it, a node's row replacing
+//! its earlier one, and the whole is tried again every few seconds until it
+//! is stored. Meanwhile [`Store::refusing`] says why, so administrators'
+//! changes are refused up front, and reads go on (the event log includes
+//! the held events).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
 
 use dfleet_proto::domain::{Event, EventKind, Generation, GenerationRef, NodeState, Report};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -26,6 +36,8 @@ pub enum StoreError {
     Gone,
     #[error("the store {path} fails its integrity check: {detail}")]
     Damaged { path: PathBuf, detail: String },
+    #[error("{0}")]
+    Held(String),
 }
 
 /// A node's persisted record.
@@ -171,7 +183,23 @@ enum Op {
 #[derive(Clone, Debug)]
 pub struct Store {
     tx: mpsc::Sender<Op>,
+    health: Arc<Mutex<Health>>,
+    path: Arc<PathBuf>,
 }
+
+/// How the store's writes fare, for metrics, status and refusals.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Health {
+    /// Writes that could not be stored yet, held in memory and tried again.
+    pub held: usize,
+    /// While writes are held: since when (unix ms), and why.
+    pub failing: Option<(i64, String)>,
+    /// Batches that could not be written, since the start.
+    pub failures: u64,
+}
+
+/// While writes are held, how often they are tried again.
+const RETRY: Duration = Duration::from_secs(2);
 
 impl std::fmt::Debug for Op {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -270,14 +298,55 @@ impl Store {
         migrate(&conn).map_err(open)?;
         let loaded = load(&conn)?;
         let (tx, rx) = mpsc::channel();
+        let health = Arc::new(Mutex::new(Health::default()));
+        let writer = Writer {
+            conn,
+            held: Held::default(),
+            failed: None,
+            next_try: None,
+            health: health.clone(),
+        };
         std::thread::Builder::new()
             .name("dfleet-store".into())
-            .spawn(move || run(conn, rx))
+            .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::Open {
                 path: path.clone(),
                 source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
             })?;
-        Ok((Store { tx }, loaded))
+        Ok((
+            Store {
+                tx,
+                health,
+                path: Arc::new(path),
+            },
+            loaded,
+        ))
+    }
+
+    /// How writes fare now.
+    pub fn health(&self) -> Health {
+        lock(&self.health).clone()
+    }
+
+    /// Why a change must be refused now, if it must: the store holds writes
+    /// it cannot write.
+    pub fn refusing(&self) -> Option<String> {
+        let h = self.health();
+        let (since, why) = h.failing?;
+        let since = jiff::Timestamp::from_millisecond(since)
+            .map(|t| t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string())
+            .unwrap_or_default();
+        Some(format!(
+            "the store {} cannot be written since {since} ({why}); {} writes are held in memory \
+             and stored as soon as it can be. Changes are refused until then; reads still work. \
+             Free space in {}",
+            self.path.display(),
+            h.held,
+            self.path
+                .parent()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+        ))
     }
 
     /// Queues a write. Writes are applied in order.
@@ -301,8 +370,8 @@ impl Store {
     }
 
     /// Waits until every write queued so far is committed, and says whether
-    /// all of them since the last `commit` were: what an actor that must
-    /// store a step before acting on it waits for.
+    /// all of them since the last `commit` were, and none is held: what an
+    /// actor that must store a step before acting on it waits for.
     pub async fn commit(&self) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -530,84 +599,285 @@ pub fn mark_restored(path: &Path, snapshot_ms: i64, now_ms: i64) -> Result<usize
 
 const BATCH: usize = 4096;
 
-fn run(mut conn: Connection, rx: mpsc::Receiver<Op>) {
-    // The first failure since the last `Commit`, which reports it.
-    let mut failed: Option<rusqlite::Error> = None;
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
+fn lock(h: &Mutex<Health>) -> std::sync::MutexGuard<'_, Health> {
+    // Plain data: a panic elsewhere cannot leave it half-changed.
+    h.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Writes waiting for the disk. A node's row replaces the one held before
+/// it, so a fleet reporting for hours while the disk is full holds one row
+/// per node, plus the events.
+#[derive(Default)]
+struct Held {
+    writes: Vec<Option<Write>>,
+    /// Node → the index of its held row (or removal).
+    node_at: HashMap<String, usize>,
+    live: usize,
+}
+
+impl Held {
+    fn push(&mut self, w: Write) {
+        let node = match &w {
+            Write::Node(n) => Some(n.name.clone()),
+            Write::RemoveNode(name) => Some(name.clone()),
+            _ => None,
+        };
+        if let Some(node) = node
+            && let Some(i) = self.node_at.insert(node, self.writes.len())
+            && self.writes[i].take().is_some()
+        {
+            self.live -= 1;
         }
-        // Writes are applied in one transaction; a read or flush first commits
-        // the writes queued before it, so it sees them.
-        let mut writes = Vec::new();
-        for op in batch {
-            match op {
-                Op::Write(w) => writes.push(w),
-                other => {
-                    if !writes.is_empty() {
-                        apply(&mut conn, std::mem::take(&mut writes), &mut failed);
-                    }
-                    answer(&conn, other, &mut failed);
+        self.writes.push(Some(w));
+        self.live += 1;
+    }
+
+    fn take(&mut self) -> Vec<Write> {
+        self.node_at.clear();
+        self.live = 0;
+        std::mem::take(&mut self.writes)
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    fn events(&self) -> impl Iterator<Item = &Event> {
+        self.writes.iter().filter_map(|w| match w {
+            Some(Write::Event(e)) => Some(e),
+            _ => None,
+        })
+    }
+}
+
+/// Whether a failed write may succeed later unchanged: the disk is full or
+/// failing, or the file is read-only or locked for now.
+fn retryable(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    matches!(
+        e.sqlite_error_code(),
+        Some(DiskFull | SystemIoFailure | ReadOnly | DatabaseBusy | DatabaseLocked | CannotOpen)
+    )
+}
+
+/// The store thread's state.
+struct Writer {
+    conn: Connection,
+    held: Held,
+    /// The first failure since the last `Commit`, which reports it.
+    failed: Option<rusqlite::Error>,
+    /// While writes are held: when they are tried next.
+    next_try: Option<Instant>,
+    health: Arc<Mutex<Health>>,
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Op>) {
+        loop {
+            // Held writes are tried again when due, however busy the queue.
+            if self.next_try.is_some_and(|at| at <= Instant::now()) {
+                let held = self.held.take();
+                self.store(held);
+            }
+            let first = match self.next_try {
+                None => match rx.recv() {
+                    Ok(op) => op,
+                    Err(_) => break,
+                },
+                Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                    Ok(op) => op,
+                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                },
+            };
+            let mut batch = vec![first];
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
                 }
             }
+            // Writes are applied in one transaction; a read or flush first
+            // commits the writes queued before it, so it sees them.
+            let mut writes = Vec::new();
+            for op in batch {
+                match op {
+                    Op::Write(w) => writes.push(w),
+                    other => {
+                        if !writes.is_empty() {
+                            self.write(std::mem::take(&mut writes));
+                        }
+                        self.answer(other);
+                    }
+                }
+            }
+            if !writes.is_empty() {
+                self.write(writes);
+            }
         }
-        if !writes.is_empty() {
-            apply(&mut conn, writes, &mut failed);
+        // Shutting down: a last try for what is held.
+        if !self.held.is_empty() {
+            let held = self.held.take();
+            let n = held.len();
+            if let Err(e) = apply(&mut self.conn, &held) {
+                tracing::error!(error = %e, writes = n, "store: writes still held at shutdown are lost");
+            }
         }
+    }
+
+    /// Stores `writes`, or holds them behind writes already held (which are
+    /// tried again on their own schedule, not at every batch).
+    fn write(&mut self, writes: Vec<Write>) {
+        if self.held.is_empty() {
+            self.store(writes);
+        } else {
+            for w in writes {
+                self.held.push(w);
+            }
+            self.publish();
+        }
+    }
+
+    fn store(&mut self, writes: Vec<Write>) {
+        match apply(&mut self.conn, &writes) {
+            Ok(()) => {
+                let recovered = lock(&self.health).failing.take();
+                if let Some((since, _)) = recovered {
+                    tracing::info!(
+                        writes = writes.len(),
+                        after_seconds = (crate::fleet::now_ms() - since) / 1000,
+                        "store: writes stored again; the held writes are written"
+                    );
+                }
+                self.next_try = None;
+            }
+            Err(e) if retryable(&e) => {
+                let first = {
+                    let mut h = lock(&self.health);
+                    h.failures += 1;
+                    let first = h.failing.is_none();
+                    if first {
+                        h.failing = Some((crate::fleet::now_ms(), e.to_string()));
+                    }
+                    first
+                };
+                if first {
+                    tracing::error!(
+                        error = %e,
+                        writes = writes.len(),
+                        "store: writes fail; held in memory and tried again every {}s, \
+                         changes refused until they are stored",
+                        RETRY.as_secs()
+                    );
+                }
+                for w in writes {
+                    self.held.push(w);
+                }
+                self.next_try = Some(Instant::now() + RETRY);
+            }
+            Err(e) => {
+                // Not the disk: trying again would fail again. (Nothing is
+                // held now: `store` is only given all of it.)
+                tracing::error!(error = %e, "store: a batch of writes failed and was rolled back");
+                let mut h = lock(&self.health);
+                h.failures += 1;
+                h.failing = None;
+                self.next_try = None;
+                self.failed.get_or_insert(e);
+            }
+        }
+        self.publish();
+    }
+
+    fn publish(&self) {
+        lock(&self.health).held = self.held.live;
+    }
+
+    fn held_error(&self) -> Option<StoreError> {
+        if self.held.is_empty() {
+            return None;
+        }
+        let why = lock(&self.health)
+            .failing
+            .as_ref()
+            .map(|(_, why)| why.clone())
+            .unwrap_or_default();
+        Some(StoreError::Held(format!(
+            "not stored yet: {why}; {} writes are held in memory until the store can be written",
+            self.held.live
+        )))
+    }
+
+    fn answer(&mut self, op: Op) {
+        match op {
+            Op::Commit(reply) => {
+                let result = match (self.held_error(), self.failed.take()) {
+                    (Some(e), _) => Err(e),
+                    (None, Some(e)) => Err(StoreError::Sql(e)),
+                    (None, None) => Ok(()),
+                };
+                let _ = reply.send(result);
+            }
+            Op::Events {
+                after_id,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(self.read_events(after_id, limit));
+            }
+            Op::Flush(reply) => {
+                let _ = reply.send(());
+            }
+            Op::Snapshot { path, reply } => {
+                let result = match self.held_error() {
+                    // A copy without them would not be what the daemon holds.
+                    Some(e) => Err(e),
+                    None => {
+                        let at = crate::fleet::now_ms();
+                        self.conn
+                            .execute("VACUUM INTO ?1", params![path.to_string_lossy()])
+                            .map(|_| at)
+                            .map_err(StoreError::from)
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            Op::Write(_) => unreachable!("writes are applied, not answered"),
+        }
+    }
+
+    /// Stored events, then held ones, after `after_id`, at most `limit`.
+    fn read_events(&self, after_id: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let mut out = read_events(&self.conn, after_id, limit)?;
+        if !self.held.is_empty() {
+            out.extend(self.held.events().filter(|e| e.id > after_id).cloned());
+            out.sort_by_key(|e| e.id);
+            out.dedup_by_key(|e| e.id);
+            out.truncate(limit);
+        }
+        Ok(out)
     }
 }
 
-fn answer(conn: &Connection, op: Op, failed: &mut Option<rusqlite::Error>) {
-    match op {
-        Op::Commit(reply) => {
-            let _ = reply.send(match failed.take() {
-                Some(e) => Err(StoreError::Sql(e)),
-                None => Ok(()),
-            });
-        }
-        Op::Events {
-            after_id,
-            limit,
-            reply,
-        } => {
-            let _ = reply.send(read_events(conn, after_id, limit));
-        }
-        Op::Flush(reply) => {
-            let _ = reply.send(());
-        }
-        Op::Snapshot { path, reply } => {
-            let at = crate::fleet::now_ms();
-            let result = conn
-                .execute("VACUUM INTO ?1", params![path.to_string_lossy()])
-                .map(|_| at)
-                .map_err(StoreError::from);
-            let _ = reply.send(result);
-        }
-        Op::Write(_) => unreachable!("writes are applied, not answered"),
-    }
-}
-
-fn apply(conn: &mut Connection, writes: Vec<Write>, failed: &mut Option<rusqlite::Error>) {
-    let result = (|| -> Result<(), rusqlite::Error> {
-        let tx = conn.transaction()?;
-        for w in writes {
-            match w {
-                Write::Event(e) => {
-                    tx.prepare_cached(
+fn apply(conn: &mut Connection, writes: &[Write]) -> Result<(), rusqlite::Error> {
+    let tx = conn.transaction()?;
+    for w in writes {
+        match w {
+            Write::Event(e) => {
+                tx.prepare_cached(
                         "INSERT OR REPLACE INTO events (id, at_ms, kind, node, detail, actor) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     )?
                     .execute(params![e.id as i64, e.at_unix_ms, e.kind.as_str(), e.node, e.detail, e.actor])?;
-                }
-                Write::Node(n) => {
-                    let report = n
-                        .report
-                        .as_ref()
-                        .and_then(|r| serde_json::to_string(r).ok());
-                    tx.prepare_cached(
+            }
+            Write::Node(n) => {
+                let report = n
+                    .report
+                    .as_ref()
+                    .and_then(|r| serde_json::to_string(r).ok());
+                tx.prepare_cached(
                         "INSERT INTO nodes (name, state, cert_serial, cert_not_after, boot_id, last_seen_ms, rearmed, report, restored)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                          ON CONFLICT(name) DO UPDATE SET state=?2, cert_serial=?3, cert_not_after=?4,
@@ -624,13 +894,13 @@ fn apply(conn: &mut Connection, writes: Vec<Write>, failed: &mut Option<rusqlite
                         report,
                         n.restored as i64
                     ])?;
-                }
-                Write::RemoveNode(name) => {
-                    tx.prepare_cached("DELETE FROM nodes WHERE name = ?1")?
-                        .execute(params![name])?;
-                }
-                Write::Pending(p) => {
-                    tx.prepare_cached(
+            }
+            Write::RemoveNode(name) => {
+                tx.prepare_cached("DELETE FROM nodes WHERE name = ?1")?
+                    .execute(params![name])?;
+            }
+            Write::Pending(p) => {
+                tx.prepare_cached(
                         "INSERT OR REPLACE INTO pending (mac, ip, node, reason, first_seen_ms, last_seen_ms, attempts, public_key, approved)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                     )?
@@ -645,23 +915,23 @@ fn apply(conn: &mut Connection, writes: Vec<Write>, failed: &mut Option<rusqlite
                         p.public_key,
                         p.approved as i64
                     ])?;
-                }
-                Write::Assign(node, Some(g)) => {
-                    tx.prepare_cached(
+            }
+            Write::Assign(node, Some(g)) => {
+                tx.prepare_cached(
                         "INSERT OR REPLACE INTO assignments (node, image, generation) VALUES (?1, ?2, ?3)",
                     )?
                     .execute(params![node, g.image, g.generation.0 as i64])?;
-                }
-                Write::Assign(node, None) => {
-                    tx.prepare_cached("DELETE FROM assignments WHERE node = ?1")?
-                        .execute(params![node])?;
-                }
-                Write::RemovePending(mac) => {
-                    tx.prepare_cached("DELETE FROM pending WHERE mac = ?1")?
-                        .execute(params![mac])?;
-                }
-                Write::Rollout(r) => {
-                    tx.prepare_cached(
+            }
+            Write::Assign(node, None) => {
+                tx.prepare_cached("DELETE FROM assignments WHERE node = ?1")?
+                    .execute(params![node])?;
+            }
+            Write::RemovePending(mac) => {
+                tx.prepare_cached("DELETE FROM pending WHERE mac = ?1")?
+                    .execute(params![mac])?;
+            }
+            Write::Rollout(r) => {
+                tx.prepare_cached(
                         "INSERT INTO rollouts (id, image, generation, policy, state, reason, actor, created_ms, updated_ms)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                          ON CONFLICT(id) DO UPDATE SET state=?5, reason=?6, updated_ms=?9",
@@ -677,9 +947,9 @@ fn apply(conn: &mut Connection, writes: Vec<Write>, failed: &mut Option<rusqlite
                         r.created_ms,
                         r.updated_ms
                     ])?;
-                }
-                Write::RolloutNode(n) => {
-                    tx.prepare_cached(
+            }
+            Write::RolloutNode(n) => {
+                tx.prepare_cached(
                         "INSERT OR REPLACE INTO rollout_nodes (rollout, seq, node, step, step_at_ms, power, reason,
                            canary, wave, previous_image, previous_generation, boot_id, drained, forgiven)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
@@ -700,25 +970,18 @@ fn apply(conn: &mut Connection, writes: Vec<Write>, failed: &mut Option<rusqlite
                         n.drained as i64,
                         n.forgiven as i64
                     ])?;
-                }
-                Write::Setting(key, Some(value)) => {
-                    tx.prepare_cached(
-                        "INSERT OR REPLACE INTO settings (key, value) VALUES (?1, ?2)",
-                    )?
+            }
+            Write::Setting(key, Some(value)) => {
+                tx.prepare_cached("INSERT OR REPLACE INTO settings (key, value) VALUES (?1, ?2)")?
                     .execute(params![key, value])?;
-                }
-                Write::Setting(key, None) => {
-                    tx.prepare_cached("DELETE FROM settings WHERE key = ?1")?
-                        .execute(params![key])?;
-                }
+            }
+            Write::Setting(key, None) => {
+                tx.prepare_cached("DELETE FROM settings WHERE key = ?1")?
+                    .execute(params![key])?;
             }
         }
-        tx.commit()
-    })();
-    if let Err(e) = result {
-        tracing::error!(error = %e, "store: a batch of writes failed and was rolled back");
-        failed.get_or_insert(e);
     }
+    tx.commit()
 }
 
 fn read_events(conn: &Connection, after_id: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
@@ -898,6 +1161,53 @@ mod tests {
         assert!(e.contains("settings"), "{e}");
         store.write(Write::Event(event(1, EventKind::Connected)));
         store.commit().await.unwrap();
+    }
+
+    #[test]
+    fn held_writes_keep_one_row_per_node_and_every_event() {
+        let mut held = Held::default();
+        held.push(node("cn1", "a"));
+        held.push(Write::Event(event(1, EventKind::Connected)));
+        held.push(node("cn2", "b"));
+        held.push(node("cn1", "c"));
+        held.push(Write::RemoveNode("cn2".into()));
+        held.push(Write::Event(event(2, EventKind::Ready)));
+        assert_eq!(held.live, 4);
+        assert_eq!(held.events().map(|e| e.id).collect::<Vec<_>>(), [1, 2]);
+        let order: Vec<String> = held
+            .take()
+            .iter()
+            .map(|w| match w {
+                Write::Node(n) => format!("node {} {:?}", n.name, n.cert_serial),
+                Write::RemoveNode(n) => format!("remove {n}"),
+                Write::Event(e) => format!("event {}", e.id),
+                _ => "other".into(),
+            })
+            .collect();
+        assert_eq!(
+            order,
+            ["event 1", "node cn1 Some(\"c\")", "remove cn2", "event 2"]
+        );
+        assert!(held.is_empty());
+    }
+
+    #[test]
+    fn a_full_disk_is_worth_retrying_a_broken_schema_is_not() {
+        let full = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            None,
+        );
+        assert!(retryable(&full));
+        let io = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR_WRITE),
+            None,
+        );
+        assert!(retryable(&io));
+        let conn = Connection::open_in_memory().unwrap();
+        let missing = conn
+            .execute("INSERT INTO nowhere VALUES (1)", [])
+            .unwrap_err();
+        assert!(!retryable(&missing));
     }
 
     #[tokio::test]

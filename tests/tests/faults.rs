@@ -326,3 +326,152 @@ async fn a_partition_marks_its_nodes_blocks_nothing_and_heals() -> Result<()> {
     }
     Ok(())
 }
+
+/// A tmpfs mounted for a test, lazily unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Result<Tmpfs> {
+        std::fs::create_dir_all(at)?;
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .status()?
+            .success();
+        ensure!(ok, "mounting a tmpfs at {}", at.display());
+        Ok(Tmpfs(at.to_path_buf()))
+    }
+
+    /// Fills what is left with one file, and returns it.
+    fn fill(&self) -> Result<PathBuf> {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut f = std::fs::File::create(&path)?;
+        let chunk = vec![0u8; 64 << 10];
+        loop {
+            match f.write(&chunk) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(path)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_state_disk_refuses_changes_serves_reads_and_recovers() -> Result<()> {
+    init();
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let ns = nodes(48, 3);
+    let state = d.join("state");
+    let disk = Tmpfs::mount(&state, "16m")?;
+    let mut c =
+        Coordinator::start_capturing(d, &cluster_toml(d, &ns, &Settings::default())).await?;
+    let mut events = c.watch().await?;
+    let mut agents = Vec::new();
+    for n in &ns[..2] {
+        agents.push(Agent::start(&c, n, &build_sandbox(d, n)?).await?);
+    }
+    for n in &ns[..2] {
+        events.wait(EventKind::Ready, &n.name).await?;
+    }
+
+    let filler = disk.fill()?;
+    // The change that finds the disk full is made but cannot be stored: it
+    // is held, and the answer says so.
+    let err = c.cli_err(&["node", "rearm", "cn01"]).await?;
+    ensure!(
+        err.contains("the change is made but not stored yet: database or disk is full")
+            && err.contains("held in memory"),
+        "{err}"
+    );
+    c.wait_log("store: writes fail; held in memory").await?;
+    // From then on changes are refused, naming the place to free.
+    let err = c.cli_err(&["node", "rearm", "cn02"]).await?;
+    ensure!(
+        err.contains("refused: the store")
+            && err.contains("cannot be written since")
+            && err.contains(&format!("Free space in {}", state.display())),
+        "{err}"
+    );
+    // Reads and commands go on; the event log shows the held change.
+    let o = c.cli_raw(&["status"]).await?;
+    ensure!(
+        o.status.success()
+            && String::from_utf8(o.stderr)?.contains("dfleet status: warning: the store"),
+        "no warning"
+    );
+    let status = c.status_json().await?;
+    ensure!(
+        status["store_problem"].is_string(),
+        "{}",
+        status["store_problem"]
+    );
+    for n in status["nodes"].as_array().context("nodes")?.iter().take(2) {
+        ensure!(n["connected"] == true, "{n}");
+    }
+    let log = event_log(&c).await?;
+    ensure!(
+        log.iter()
+            .any(|e| e.kind == EventKind::Rearmed && e.node == "cn01")
+    );
+    ensure!(
+        !log.iter()
+            .any(|e| e.kind == EventKind::Rearmed && e.node == "cn02")
+    );
+    assert_eq!(c.cli(&["exec", "cn[01-02]", "--", "true"]).await?, "");
+    let (_, metrics) = dfleet_tests::http_get(&c.metrics, "/metrics").await?;
+    ensure!(
+        !metrics.contains("\ndfleet_store_held_writes 0\n")
+            && metrics.contains("\ndfleet_store_held_writes "),
+        "{metrics}"
+    );
+    // A node that enrolls now is told to come back: its certificate could
+    // not be kept.
+    let mut cn03 = Agent::start_logged(&c, &ns[2], &build_sandbox(d, &ns[2])?).await?;
+    cn03.wait_log("enrollment deferred").await?;
+
+    // Space returns: the held writes are stored, and all works again.
+    std::fs::remove_file(&filler)?;
+    c.wait_log("store: writes stored again").await?;
+    events.wait(EventKind::Ready, "cn03").await?;
+    c.cli(&["node", "rearm", "cn02"]).await?;
+    agents.push(cn03);
+
+    // What the store kept survives a crash.
+    c.kill().await?;
+    let db = state.join("dfleet.db");
+    dfleet_coordinator::store::check_file(&db)?;
+    let (store, _) = dfleet_coordinator::store::Store::open(&state)?;
+    let stored = store.events(0, 100_000).await?;
+    for node in ["cn01", "cn02"] {
+        let rearms = stored
+            .iter()
+            .filter(|e| e.kind == EventKind::Rearmed && e.node == node)
+            .count();
+        assert_eq!(rearms, 1, "{node}");
+    }
+    for a in agents {
+        a.kill().await?;
+    }
+    drop(store);
+    Ok(())
+}

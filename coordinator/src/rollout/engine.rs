@@ -400,10 +400,16 @@ impl Engine {
             self.store
                 .write(Write::RolloutNode(node_row(id, seq as u32, n, false)));
         }
-        self.store
-            .commit()
-            .await
-            .map_err(|e| format!("storing the rollout: {e}"))?;
+        if let Err(e) = self.store.commit().await {
+            // Not taken. Should the writes be held for a full disk and
+            // stored later, the rollout is stored as aborted after them.
+            self.store.write(Write::Rollout(RolloutRow {
+                state: "aborted".into(),
+                reason: format!("it could not be stored when it started: {e}"),
+                ..row
+            }));
+            return Err(format!("storing the rollout: {e}"));
+        }
         let skipped = nodes
             .iter()
             .filter(|n| matches!(n.step, Step::Skipped { .. }))
@@ -482,9 +488,11 @@ impl Engine {
         a.row.updated_ms = Timestamp::now().as_millisecond();
         self.store.write(Write::Rollout(a.row.clone()));
         if let Err(e) = self.store.commit().await {
-            // Not stored, so not taken.
+            // Not stored, so not taken; held writes (a full disk) end on
+            // the state kept.
             if let Some(a) = &mut self.active {
                 (a.rollout.state, a.row) = before;
+                self.store.write(Write::Rollout(a.row.clone()));
             }
             return Err(format!("storing the rollout's state: {e}"));
         }
@@ -604,13 +612,14 @@ impl Engine {
         };
         self.store.write(Write::RolloutNode(row));
         if let Err(e) = self.store.commit().await {
-            // Not stored, so not taken: memory stays what the store holds.
-            if let Some(n) = self
-                .active
-                .as_mut()
-                .and_then(|a| a.rollout.nodes.iter_mut().find(|n| n.name == node))
+            // Not stored, so not taken: memory stays what the store holds,
+            // and held writes (a full disk) end on the step kept.
+            if let Some(a) = self.active.as_mut()
+                && let Some(n) = a.rollout.nodes.iter_mut().find(|n| n.name == node)
             {
                 (n.step, n.wave) = before;
+                let row = node_row(id, seq as u32, n, a.drained.contains(node));
+                self.store.write(Write::RolloutNode(row));
             }
             return Err(format!("storing {node}'s step: {e}"));
         }
