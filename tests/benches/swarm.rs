@@ -25,8 +25,11 @@
 //!    the coordinator's CPU (share of one core, from /proc/PID/stat), RSS,
 //!    the bytes it writes to disk per second (/proc/PID/io), and the reports
 //!    it counted (`dfleet_reports_total`); the workers' CPU and RSS, added up;
+//! 0. before anything else: N `/bin/true` spawned by this process, 8 at a
+//!    time (what N real commands cost this machine alone);
 //! 3. `dfleet status --json` (the whole fleet), `dfleet exec -b -- true` on
-//!    every node (each must answer 0);
+//!    every node (each must answer 0), with the default fanout and with all
+//!    nodes at once; the coordinator logs each exec's timing breakdown;
 //! 4. reconnect storm: the coordinator is killed (SIGKILL) and started again
 //!    on the same address; the time until every agent is connected again,
 //!    and the coordinator's peak CPU (per second) and RSS meanwhile. No agent
@@ -59,7 +62,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use dfleet_agent::collect::Collector;
 use dfleet_agent::config::FileConfig;
 use dfleet_agent::daemon::Agent;
@@ -330,6 +333,29 @@ async fn metric(c: &Coordinator, name: &str) -> Result<f64> {
 }
 
 /// Runs `args` against the coordinator `runs` times: (median, min) seconds.
+/// Seconds to spawn and reap `n` `/bin/true`, `at_once` at a time.
+async fn spawn_floor(n: usize, at_once: usize) -> Result<f64> {
+    let t = Instant::now();
+    let mut running: tokio::task::JoinSet<std::io::Result<std::process::ExitStatus>> =
+        tokio::task::JoinSet::new();
+    for _ in 0..n {
+        if running.len() >= at_once
+            && let Some(done) = running.join_next().await
+        {
+            ensure!(done??.success(), "/bin/true failed");
+        }
+        let mut child = tokio::process::Command::new("/bin/true")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()?;
+        running.spawn(async move { child.wait().await });
+    }
+    while let Some(done) = running.join_next().await {
+        ensure!(done??.success(), "/bin/true failed");
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
 async fn time_cli(
     c: &Coordinator,
     args: &[&str],
@@ -566,6 +592,13 @@ async fn main() -> Result<()> {
         );
     }
 
+    // What N real commands cost this machine with nothing else running: the
+    // floor under `exec` here, where the swarm's N nodes share its cores.
+    let floor = spawn_floor(n, 8).await?;
+    println!(
+        "| {n} × `/bin/true` spawned by one process, 8 at a time, nothing else running | {floor:.2} s |"
+    );
+
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     let ns: Vec<TestNode> = dfleet_tests::swarm_nodes(n, 80, 5);
@@ -599,7 +632,8 @@ async fn main() -> Result<()> {
         t.elapsed().as_secs_f64()
     );
 
-    let c = Coordinator::start_logging(d, &toml, "warn").await?;
+    // Each exec's timing breakdown (the session's debug line) is printed.
+    let c = Coordinator::start_logging(d, &toml, "warn,dfleet_coordinator::exec=debug").await?;
     let port = c.grpc.rsplit(':').next().context("port")?.to_string();
     let t = Instant::now();
     let start = format!("start {} {}", c.grpc, c.ca().display());
@@ -707,6 +741,23 @@ async fn main() -> Result<()> {
         "| during the exec runs | coordinator {:.0} % of one core, the swarm {:.0} % |",
         100.0 * (c1.cpu_s - c0.cpu_s) / secs,
         100.0 * (w1.cpu_s - w0.cpu_s) / secs
+    );
+    // Every node at once rather than 1,024 at a time.
+    let fanout = n.to_string();
+    let (median, min) = time_cli(
+        &c,
+        &["exec", &set, "-b", "--fanout", &fanout, "--", "true"],
+        3,
+        |out| {
+            if !out.contains(&format!(": {n} ok")) {
+                bail!("dfleet exec true: {out}");
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    println!(
+        "| `dfleet exec -b --fanout {n} -- true` on {n} nodes (3 runs) | median {median:.2} s, min {min:.2} s |"
     );
 
     // The reconnect storm.

@@ -161,6 +161,7 @@ pub async fn run(
     // its stream, to cancel the command if the caller goes away.
     let mut running: HashMap<String, (Option<Instant>, Outbound)> = HashMap::new();
     let mut tally = Tally::default();
+    let mut timing = Timing::default();
     let limit = (plan.order.timeout_ms > 0)
         .then(|| Duration::from_millis(u64::from(plan.order.timeout_ms)) + ANSWER_GRACE);
     let message = pb::CoordinatorMessage {
@@ -186,6 +187,7 @@ pub async fn run(
                 finished.push(unreachable(&node, "its stream closed"));
                 continue;
             }
+            timing.sent(&node);
             running.insert(node, (limit.map(|l| Instant::now() + l), stream));
         }
         if running.is_empty() && finished.is_empty() {
@@ -215,6 +217,7 @@ pub async fn run(
                     }
                     Some(Update::Done { node, done }) => {
                         if running.remove(&node).is_some() {
+                            timing.answered(&node, done.duration_ms);
                             finished.push(node_done(&node, &done));
                         }
                     }
@@ -299,6 +302,7 @@ pub async fn run(
             ));
         }
     }
+    timing.log(id, started);
     record(summary).await;
     if caller {
         let _ = out
@@ -307,6 +311,80 @@ pub async fn run(
                 duration_ms: started.elapsed().as_millis() as u64,
             })))
             .await;
+    }
+}
+
+/// Where an exec's time went, logged at debug level when it ends (the
+/// swarm bench reads it): when orders went out and answers came back, each
+/// node's round trip, and how long its command ran by its agent's count.
+#[derive(Debug)]
+struct Timing {
+    started: Instant,
+    sent_at: HashMap<String, Instant>,
+    last_sent_ms: u64,
+    first_answer_ms: Option<u64>,
+    last_answer_ms: u64,
+    round_trips_ms: Vec<u64>,
+    commands_ms: Vec<u64>,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            started: Instant::now(),
+            sent_at: HashMap::new(),
+            last_sent_ms: 0,
+            first_answer_ms: None,
+            last_answer_ms: 0,
+            round_trips_ms: Vec::new(),
+            commands_ms: Vec::new(),
+        }
+    }
+}
+
+impl Timing {
+    fn sent(&mut self, node: &str) {
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let now = Instant::now();
+            self.last_sent_ms = (now - self.started).as_millis() as u64;
+            self.sent_at.insert(node.to_string(), now);
+        }
+    }
+
+    fn answered(&mut self, node: &str, command_ms: u64) {
+        let Some(sent) = self.sent_at.remove(node) else {
+            return;
+        };
+        let now = Instant::now();
+        let at = (now - self.started).as_millis() as u64;
+        self.first_answer_ms.get_or_insert(at);
+        self.last_answer_ms = at;
+        self.round_trips_ms.push((now - sent).as_millis() as u64);
+        self.commands_ms.push(command_ms);
+    }
+
+    fn log(mut self, id: u64, started: Instant) {
+        if !tracing::enabled!(tracing::Level::DEBUG) {
+            return;
+        }
+        let pct = |v: &mut Vec<u64>, p: usize| -> u64 {
+            v.sort_unstable();
+            v.get((v.len() * p / 100).min(v.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0)
+        };
+        tracing::debug!(
+            exec = id,
+            total_ms = started.elapsed().as_millis() as u64,
+            last_order_sent_ms = self.last_sent_ms,
+            first_answer_ms = self.first_answer_ms.unwrap_or(0),
+            last_answer_ms = self.last_answer_ms,
+            round_trip_p50_ms = pct(&mut self.round_trips_ms, 50),
+            round_trip_p99_ms = pct(&mut self.round_trips_ms, 99),
+            command_p50_ms = pct(&mut self.commands_ms, 50),
+            command_p99_ms = pct(&mut self.commands_ms, 99),
+            "exec timing"
+        );
     }
 }
 
