@@ -315,8 +315,12 @@ fn two_nodes_boot_over_the_network_onto_the_overlay_root() -> Result<()> {
     }
     let session = Session::start(lab_dir())?;
     let dir = session.dir.clone();
+    // How long each part took, in the test's output (CI prints it).
+    let t0 = tokio::time::Instant::now();
+    let step = |what: &str| eprintln!("[lab +{:.0}s] {what}", t0.elapsed().as_secs_f64());
 
     // ---- 1. both nodes boot
+    step("1. both nodes boot");
     let up = lab(&dir, &["up", "--nodes", "2"])?;
     eprintln!("{}", text(&up));
     assert!(up.status.success(), "dfleet lab up failed:\n{}", text(&up));
@@ -357,6 +361,7 @@ fn two_nodes_boot_over_the_network_onto_the_overlay_root() -> Result<()> {
         assert_eq!(self_arg, name == "lab02", "{name}: {n}");
     }
 
+    step("2. the agents");
     // ---- 2. the agents, enrolled under their inventory names
     let mut upper_size = Vec::new();
     for (name, ip) in [("lab01", "10.77.0.11"), ("lab02", "10.77.0.12")] {
@@ -394,6 +399,7 @@ fn two_nodes_boot_over_the_network_onto_the_overlay_root() -> Result<()> {
         upper_size.push(guest);
     }
 
+    step("3. commands through the agents");
     // ---- 3. commands through the agents; a file written on lab01 grows its
     // upper layer, not the export
     let findmnt = admin(
@@ -448,6 +454,7 @@ fn two_nodes_boot_over_the_network_onto_the_overlay_root() -> Result<()> {
         text(&verify)
     );
 
+    step("3b. SSH host keys");
     // ---- 3b. SSH host keys: lab01 has a host certificate, lab02 its
     // managed key; what sshd serves is what the agent reports, the keys
     // differ, and the fleet's known_hosts verifies both
@@ -487,6 +494,7 @@ fn two_nodes_boot_over_the_network_onto_the_overlay_root() -> Result<()> {
     assert_eq!(origins, ["certificate", "coordinator"]);
     let managed_key = served[1].clone();
 
+    step("4. no NFS server");
     // ---- 4. no NFS server: lab02 stalls and says where, lab01 is served
     lab_ok(&dir, &["nfs", "stop"])?;
     lab_ok(&dir, &["power", "cycle", "lab02"])?;
@@ -534,6 +542,7 @@ fn two_nodes_boot_over_the_network_onto_the_overlay_root() -> Result<()> {
     let one = coordinator_node(&dir, "lab01")?;
     assert_eq!(one["ready"], true, "{one}");
 
+    step("5. a rollout onto lab:2");
     // ---- 5. a rollout onto lab:2
     image(&dir, &["edit", "lab"])?;
     image(
@@ -606,6 +615,7 @@ fn two_nodes_boot_over_the_network_onto_the_overlay_root() -> Result<()> {
         host_key_verifies(&dir, ip, &known_hosts)?;
     }
 
+    step("6. the coordinator stopped");
     // ---- 6. the coordinator stopped: a booting node's sshd still comes
     // up (with a key of that boot), and has its certificate once the
     // coordinator is back
@@ -624,6 +634,7 @@ fn two_nodes_boot_over_the_network_onto_the_overlay_root() -> Result<()> {
     assert_eq!(reported_key(&dir, "lab01")?, own);
     host_key_verifies(&dir, "10.77.0.11", &known_hosts)?;
 
+    step("7. down");
     // ---- 7. down leaves nothing behind
     let pids = std::fs::read_to_string(dir.join("pids"))?;
     let netns = std::fs::read_to_string(dir.join("netns"))?
@@ -662,5 +673,6 @@ fn two_nodes_boot_over_the_network_onto_the_overlay_root() -> Result<()> {
         }
     }
     drop(session);
+    step("done");
     Ok(())
 }
