@@ -11,12 +11,19 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use dfleet_proto::domain::Event;
+use dfleet_proto::domain::{Event, EventKind};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
 pub mod partition;
 pub use partition::Partition;
+
+/// Now, in unix milliseconds (as events are stamped).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
 
 /// How long a test waits for any one expected thing before failing.
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -780,6 +787,20 @@ impl EventWatch {
             _child: child,
             seen: Vec::new(),
         })
+    }
+
+    /// Waits for a `kind` event of `node` that happened at or after
+    /// `since_ms` (unix ms; the watch replays the log first).
+    pub async fn wait_since(
+        &mut self,
+        kind: EventKind,
+        node: &str,
+        since_ms: i64,
+    ) -> Result<Event> {
+        self.wait_for(&format!("{node} {} since {since_ms}", kind.as_str()), |e| {
+            e.kind == kind && e.node == node && e.at_unix_ms >= since_ms
+        })
+        .await
     }
 
     /// Waits for an event matching `pred` and consumes it: events are taken

@@ -197,9 +197,7 @@ async fn a_backup_taken_while_serving_restores_the_fleet_without_reenrollment() 
         "the cluster CA changed"
     );
 
-    let started = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_millis() as i64;
+    let started = dfleet_tests::now_ms();
     let c2 = Coordinator::start_with(&fresh, &config2).await?;
     let mut events = c2.watch().await?;
     // Every agent reconnects on its own, cn03 with the certificate issued
@@ -208,9 +206,7 @@ async fn a_backup_taken_while_serving_restores_the_fleet_without_reenrollment() 
     // restored coordinator count.)
     for n in &ns {
         events
-            .wait_for(&format!("{} connected since the restore", n.name), |e| {
-                e.kind == EventKind::Connected && e.node == n.name && e.at_unix_ms >= started
-            })
+            .wait_since(EventKind::Connected, &n.name, started)
             .await?;
     }
     let adopted = events.wait(EventKind::CertAdopted, "cn03").await?;

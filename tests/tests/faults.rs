@@ -12,18 +12,13 @@ use dfleet_agent::link;
 use dfleet_agent::sandbox::{self, SandboxSpec};
 use dfleet_proto::domain::{Event, EventKind};
 use dfleet_tests::{
-    Agent, Coordinator, Partition, Settings, Target, TestNode, cluster_toml, nodes, sandbox_program,
+    Agent, Coordinator, Partition, Settings, Target, TestNode, cluster_toml, nodes, now_ms,
+    sandbox_program,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 fn init() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-fn now_ms() -> Result<i64> {
-    Ok(std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_millis() as i64)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -57,7 +52,7 @@ async fn a_coordinator_killed_under_load_keeps_every_acknowledged_change() -> Re
         dfleet_coordinator::store::check_file(&db)
             .with_context(|| format!("after the crash that followed rearming {}", n.name))?;
 
-        let restarted = now_ms()?;
+        let restarted = now_ms();
         c = Coordinator::start(d, &toml).await?;
         let log = event_log(&c).await?;
         ensure!(
@@ -70,9 +65,7 @@ async fn a_coordinator_killed_under_load_keeps_every_acknowledged_change() -> Re
         let mut events = c.watch().await?;
         for m in &ns {
             events
-                .wait_for(&format!("{} connected again", m.name), |e| {
-                    e.kind == EventKind::Connected && e.node == m.name && e.at_unix_ms >= restarted
-                })
+                .wait_since(EventKind::Connected, &m.name, restarted)
                 .await?;
         }
     }
@@ -144,7 +137,7 @@ async fn a_node_lost_mid_command_is_named_at_once_and_comes_back_by_itself() -> 
     seen.sort_unstable();
     assert_eq!(seen, ["cn01: done", "cn02: working", "cn03: done"]);
     // The node vanishes.
-    let lost_at = now_ms()?;
+    let lost_at = now_ms();
     agents.remove(1).kill().await?;
     let mut err = String::new();
     caller
@@ -175,12 +168,10 @@ async fn a_node_lost_mid_command_is_named_at_once_and_comes_back_by_itself() -> 
 
     // The agent restarts in the same boot: back on its certificate, with no
     // enrollment and nothing asked of an administrator.
-    let restarted = now_ms()?;
+    let restarted = now_ms();
     agents.push(Agent::start(&c, &ns[1], &d.join("cn02")).await?);
     events
-        .wait_for("cn02 connected again", |e| {
-            e.kind == EventKind::Connected && e.node == "cn02" && e.at_unix_ms >= restarted
-        })
+        .wait_since(EventKind::Connected, "cn02", restarted)
         .await?;
     let log = event_log(&c).await?;
     assert_eq!(enrollments(&log, "cn02"), 1, "cn02 enrolled again");
@@ -301,14 +292,10 @@ async fn a_partition_marks_its_nodes_blocks_nothing_and_heals() -> Result<()> {
         events.wait(EventKind::Disconnected, &n.name).await?;
     }
 
-    let healed = now_ms()?;
+    let healed = now_ms();
     partition.heal();
     for n in &ns[2..] {
-        events
-            .wait_for(&format!("{} ready after the partition", n.name), |e| {
-                e.kind == EventKind::Ready && e.node == n.name && e.at_unix_ms >= healed
-            })
-            .await?;
+        events.wait_since(EventKind::Ready, &n.name, healed).await?;
     }
     let all = c.cli(&["exec", "cn[01-04]", "--", "true"]).await?;
     assert_eq!(all, "");
