@@ -561,6 +561,12 @@ impl Engine {
 
     /// One planning step, and its actions.
     async fn step(&mut self) {
+        // No step could be stored before it is acted on (a full disk): the
+        // rollout waits, as if paused, until the store can be written. (The
+        // store logs why; this would log it again every second.)
+        if self.store.refusing().is_some() {
+            return;
+        }
         let frozen = self.frozen_by.is_some();
         let Some(a) = &self.active else {
             return;
