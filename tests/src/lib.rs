@@ -468,6 +468,34 @@ pub struct Boot {
     pub generation: String,
 }
 
+/// Builds node `n`'s sandbox (the defaults of `SandboxSpec`) at
+/// `dir/NAME`, and returns its root.
+pub fn node_sandbox(dir: &Path, n: &TestNode) -> Result<PathBuf> {
+    use dfleet_agent::sandbox::{self, SandboxSpec};
+    let root = dir.join(&n.name);
+    sandbox::build(&root, &SandboxSpec::new(&n.name, n.mac.parse()?, n.ip))
+        .with_context(|| format!("building {}'s sandbox", n.name))?;
+    Ok(root)
+}
+
+/// Builds each node's sandbox under `dir`, starts its agent, and waits
+/// (on `events`) until every one is ready.
+pub async fn start_ready(
+    c: &Coordinator,
+    dir: &Path,
+    ns: &[TestNode],
+    events: &mut EventWatch,
+) -> Result<Vec<Agent>> {
+    let mut agents = Vec::new();
+    for n in ns {
+        agents.push(Agent::start(c, n, &node_sandbox(dir, n)?).await?);
+    }
+    for n in ns {
+        events.wait(EventKind::Ready, &n.name).await?;
+    }
+    Ok(agents)
+}
+
 /// Puts the shell script `body` in the sandbox at `root` as the program
 /// `name` (in /usr/local/sbin, which the agent's exec searches first), so
 /// each node can answer differently.

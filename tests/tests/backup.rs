@@ -10,7 +10,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use anyhow::{Context, Result, ensure};
-use dfleet_agent::sandbox::{self, SandboxSpec};
 use dfleet_proto::domain::EventKind;
 use dfleet_tests::{Agent, Coordinator, Settings, bin, cluster_toml, nodes};
 use tokio::process::Command;
@@ -62,15 +61,7 @@ async fn a_backup_taken_while_serving_restores_the_fleet_without_reenrollment() 
     );
     let c = Coordinator::start(d, &toml).await?;
     let mut events = c.watch().await?;
-    let mut agents = Vec::new();
-    for n in &ns {
-        let root = d.join(&n.name);
-        sandbox::build(&root, &SandboxSpec::new(&n.name, n.mac.parse()?, n.ip))?;
-        agents.push(Agent::start(&c, n, &root).await?);
-    }
-    for n in &ns {
-        events.wait(EventKind::Ready, &n.name).await?;
-    }
+    let mut agents = dfleet_tests::start_ready(&c, d, &ns, &mut events).await?;
     // Makes cn02's managed key, which the backup must carry.
     let known_hosts = c.cli(&["ssh", "known-hosts"]).await?;
     ensure!(known_hosts.contains("cn02"), "{known_hosts}");

@@ -9,11 +9,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, ensure};
 use dfleet_agent::link;
-use dfleet_agent::sandbox::{self, SandboxSpec};
 use dfleet_proto::domain::{Event, EventKind};
 use dfleet_tests::{
-    Agent, Coordinator, Partition, Settings, Target, TestNode, cluster_toml, nodes, now_ms,
-    sandbox_program,
+    Agent, Coordinator, Partition, Settings, Target, cluster_toml, node_sandbox, nodes, now_ms,
+    sandbox_program, start_ready,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
@@ -31,15 +30,7 @@ async fn a_coordinator_killed_under_load_keeps_every_acknowledged_change() -> Re
     let toml = cluster_toml(d, &ns, &Settings::default());
     let mut c = Coordinator::start(d, &toml).await?;
     let mut events = c.watch().await?;
-    let mut agents = Vec::new();
-    for n in &ns {
-        let root = d.join(&n.name);
-        sandbox::build(&root, &SandboxSpec::new(&n.name, n.mac.parse()?, n.ip))?;
-        agents.push(Agent::start(&c, n, &root).await?);
-    }
-    for n in &ns {
-        events.wait(EventKind::Ready, &n.name).await?;
-    }
+    let agents = start_ready(&c, d, &ns, &mut events).await?;
     drop(events);
     let port = c.grpc.rsplit(':').next().context("port")?.to_string();
     let toml = toml.replace("127.0.0.1:0\"]", &format!("127.0.0.1:{port}\"]"));
@@ -79,12 +70,6 @@ async fn a_coordinator_killed_under_load_keeps_every_acknowledged_change() -> Re
     Ok(())
 }
 
-fn build_sandbox(d: &Path, n: &TestNode) -> Result<PathBuf> {
-    let root = d.join(&n.name);
-    sandbox::build(&root, &SandboxSpec::new(&n.name, n.mac.parse()?, n.ip))?;
-    Ok(root)
-}
-
 async fn event_log(c: &Coordinator) -> Result<Vec<Event>> {
     let log = c.cli(&["events", "--json", "--last", "100000"]).await?;
     Ok(log
@@ -110,7 +95,7 @@ async fn a_node_lost_mid_command_is_named_at_once_and_comes_back_by_itself() -> 
     let mut agents = Vec::new();
     let pid_file = d.join("cn02.pid");
     for n in &ns {
-        let root = build_sandbox(d, n)?;
+        let root = node_sandbox(d, n)?;
         // Quick everywhere but on cn02, which says so and works on.
         let body = if n.name == "cn02" {
             format!(
@@ -198,7 +183,7 @@ async fn a_node_lost_mid_enrollment_enrolls_again_by_itself() -> Result<()> {
     };
     let c = Coordinator::start(d, &cluster_toml(d, &ns, &settings)).await?;
     let mut events = c.watch().await?;
-    let root = build_sandbox(d, cn01)?;
+    let root = node_sandbox(d, cn01)?;
 
     // cn01's enrollment reaches the coordinator and a certificate is
     // issued, but the agent dies before it keeps the answer.
@@ -251,7 +236,7 @@ async fn a_partition_marks_its_nodes_blocks_nothing_and_heals() -> Result<()> {
     };
     let mut agents = Vec::new();
     for (i, n) in ns.iter().enumerate() {
-        let root = build_sandbox(d, n)?;
+        let root = node_sandbox(d, n)?;
         agents.push(if i < 2 {
             Agent::start(&c, n, &root).await?
         } else {
@@ -375,7 +360,7 @@ async fn a_full_state_disk_refuses_changes_serves_reads_and_recovers() -> Result
     let mut events = c.watch().await?;
     let mut agents = Vec::new();
     for n in &ns[..2] {
-        agents.push(Agent::start(&c, n, &build_sandbox(d, n)?).await?);
+        agents.push(Agent::start(&c, n, &node_sandbox(d, n)?).await?);
     }
     for n in &ns[..2] {
         events.wait(EventKind::Ready, &n.name).await?;
@@ -433,7 +418,7 @@ async fn a_full_state_disk_refuses_changes_serves_reads_and_recovers() -> Result
     );
     // A node that enrolls now is told to come back: its certificate could
     // not be kept.
-    let mut cn03 = Agent::start_logged(&c, &ns[2], &build_sandbox(d, &ns[2])?).await?;
+    let mut cn03 = Agent::start_logged(&c, &ns[2], &node_sandbox(d, &ns[2])?).await?;
     cn03.wait_log("enrollment deferred").await?;
 
     // Space returns: the held writes are stored, and all works again.

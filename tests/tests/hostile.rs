@@ -7,10 +7,9 @@
 
 use anyhow::{Context, Result, bail, ensure};
 use dfleet_agent::link::{self, Credentials, LinkError};
-use dfleet_agent::sandbox::{self, SandboxSpec};
 use dfleet_proto::domain::{EventKind, Report};
 use dfleet_proto::pb;
-use dfleet_tests::{Agent, Coordinator, Settings, TestNode, cluster_toml, nodes};
+use dfleet_tests::{Coordinator, Settings, TestNode, cluster_toml, nodes};
 use rcgen::{CertificateParams, Issuer, KeyPair, SanType};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -134,15 +133,7 @@ async fn hostile_clients_are_refused_counted_and_the_fleet_is_still_served() -> 
     let mut events = c.watch().await?;
     // cn01 and cn02 are the fleet that must go on being served; the test
     // plays cn03.
-    let mut agents = Vec::new();
-    for n in &ns[..2] {
-        let root = d.join(&n.name);
-        sandbox::build(&root, &SandboxSpec::new(&n.name, n.mac.parse()?, n.ip))?;
-        agents.push(Agent::start(&c, n, &root).await?);
-    }
-    for n in &ns[..2] {
-        events.wait(EventKind::Ready, &n.name).await?;
-    }
+    let agents = dfleet_tests::start_ready(&c, d, &ns[..2], &mut events).await?;
     let cn03 = &ns[2];
     let l = link_for(&c, cn03)?;
 
